@@ -1,0 +1,1 @@
+"""File-level helpers shared by all stages."""
