@@ -1,0 +1,80 @@
+"""Shared fixtures: demo data, generated slides, and isolated end-to-end Snakemake runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow"))
+
+DEMO_SLIDE = REPO / "data" / "cmu_small_region.svs"
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+
+
+@pytest.fixture(scope="session")
+def demo_slide() -> Path:
+    if not DEMO_SLIDE.exists():
+        pytest.fail(f"demo slide missing: run `python scripts/fetch_demo_data.py` ({DEMO_SLIDE})")
+    return DEMO_SLIDE
+
+
+def write_sheet(path: Path, rows: list[dict]) -> Path:
+    """Write a sample sheet TSV with the standard columns (empty cells for missing values)."""
+    cols = ["sample", "path", "mpp", "mask"]
+    extra = [c for r in rows for c in r if c not in cols]
+    cols += list(dict.fromkeys(extra))
+    lines = ["\t".join(cols)]
+    for r in rows:
+        lines.append("\t".join("" if r.get(c) is None else str(r[c]) for c in cols))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_workflow(
+    workdir: Path,
+    samples: list[dict] | None = None,
+    config: dict | None = None,
+    targets: list[str] | None = None,
+    args: list[str] | None = None,
+    profile: str | None = "profiles/workstation",
+    check: bool = True,
+    timeout: int = 900,
+) -> subprocess.CompletedProcess:
+    """Run the repository's Snakefile in an isolated working directory.
+
+    `config` is merged over config/config.yaml (top-level keys replaced, nested dicts
+    updated), written to workdir/config/config.yaml; `samples` becomes the sheet.
+    Returns the completed process (stdout+stderr in .stdout); raises on failure
+    when `check` is true, with the log tail in the message.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for key, value in (config or {}).items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    (workdir / "config").mkdir(exist_ok=True)
+    if samples is not None:
+        write_sheet(workdir / "config" / "samples.tsv", samples)
+        cfg["samples"] = "config/samples.tsv"
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    cmd = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
+    if profile:
+        cmd += ["--profile", str(REPO / profile)]
+    cmd += ["--cores", "2", "--configfile", str(workdir / "config" / "config.yaml")]
+    cmd += list(args or []) + list(targets or [])
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    proc = subprocess.run(
+        cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env
+    )
+    proc.stdout = proc.stdout + proc.stderr
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
+    return proc

@@ -1,0 +1,1 @@
+# Rules of the infer stage (see workflow/CONTRACTS.md); targets register in STAGE_TARGETS.

@@ -1,0 +1,38 @@
+# Stage 1: tissue mask, thumbnail and QC overlay for each slide.
+
+
+def mask_targets(sample):
+    return [f"results/{sample}/mask/mask.json", f"results/{sample}/mask/overlay.png"]
+
+
+STAGE_TARGETS["mask"] = mask_targets
+
+
+rule mask_tissue:
+    input:
+        slide=get_slide,
+        user_mask=get_user_mask,
+    output:
+        mask="results/{sample}/mask/mask.png",
+        thumbnail="results/{sample}/mask/thumbnail.png",
+        overlay=report(
+            "results/{sample}/mask/overlay.png",
+            caption="../report/mask_overlay.rst",
+            category="Tissue mask",
+            labels={"sample": "{sample}"},
+        ),
+        meta="results/{sample}/mask/mask.json",
+    log:
+        "logs/mask_tissue/{sample}.log",
+    benchmark:
+        "benchmarks/mask_tissue/{sample}.tsv"
+    params:
+        mpp=get_sample_mpp,
+        options=config["mask"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/geometry.yaml"
+    script:
+        "../../scripts/mask_tissue.py"
