@@ -1,0 +1,186 @@
+"""One reader for whole-slide images (OpenSlide) and plain images (PNG, JPEG, TIFF).
+
+OpenSlide reads svs, ndpi, mrxs, scn, generic tiled TIFF and more; `openslide.ImageSlide`
+gives the same interface for single-resolution images through Pillow. Everything the
+workflow reads goes through `Slide.read_region`, which works in pixels at a requested
+resolution (µm per pixel), so no caller needs to know the pyramid.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import openslide
+from PIL import Image
+
+from histoflow.errors import SlideError
+
+BACKGROUND = (255, 255, 255)
+# Pillow refuses images above ~179 Mpx as a decompression-bomb guard; slides given as
+# plain images can legitimately be that large.
+Image.MAX_IMAGE_PIXELS = None
+
+
+def _mpp_from_properties(props) -> float | None:
+    mx = props.get(openslide.PROPERTY_NAME_MPP_X)
+    my = props.get(openslide.PROPERTY_NAME_MPP_Y)
+    try:
+        values = [float(v) for v in (mx, my) if v not in (None, "")]
+    except ValueError:
+        return None
+    values = [v for v in values if math.isfinite(v) and v > 0]
+    return float(np.mean(values)) if values else None
+
+
+class Slide:
+    """A slide or image opened for reading, with its resolution resolved.
+
+    `mpp` comes from the sheet override when given, else from the file; a slide
+    with neither is rejected here, so every later stage can rely on it.
+    """
+
+    def __init__(self, path: str | os.PathLike, sample: str | None = None, mpp: float | None = None):
+        self.path = Path(path)
+        self.sample = sample
+        if not self.path.exists():
+            raise SlideError("slide file not found", sample, str(path))
+        if self.path.is_dir() and self.path.suffix.lower() not in (".mrxs",):
+            raise SlideError("slide path is a directory, not a file", sample, str(path))
+        if self.path.is_file() and self.path.stat().st_size == 0:
+            raise SlideError("slide file is empty (0 bytes)", sample, str(path))
+        try:
+            self._osr = openslide.open_slide(str(self.path))
+            # Touch the first pixel: truncated files often open but fail on read.
+            self._osr.read_region((0, 0), 0, (1, 1))
+        except (openslide.OpenSlideError, OSError, ValueError) as exc:
+            raise SlideError(
+                f"cannot read as a slide or image ({type(exc).__name__}: {exc})", sample, str(path)
+            ) from exc
+        self.format = openslide.OpenSlide.detect_format(str(self.path)) or "image"
+        file_mpp = _mpp_from_properties(self._osr.properties)
+        if mpp is not None:
+            if not (mpp > 0 and math.isfinite(mpp)):
+                raise SlideError(f"sheet field 'mpp' must be > 0, got {mpp}", sample, str(path))
+            self.mpp, self.mpp_source = float(mpp), "sheet"
+        elif file_mpp is not None:
+            self.mpp, self.mpp_source = file_mpp, "file"
+        else:
+            raise SlideError(
+                "no resolution metadata (microns per pixel) in the file; "
+                "set the 'mpp' column for this sample in the sample sheet",
+                sample,
+                str(path),
+            )
+
+    # -- geometry ---------------------------------------------------------------------
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """(width, height) at level 0."""
+        return tuple(self._osr.dimensions)
+
+    @property
+    def level_count(self) -> int:
+        return self._osr.level_count
+
+    @property
+    def level_dimensions(self) -> list[tuple[int, int]]:
+        return [tuple(d) for d in self._osr.level_dimensions]
+
+    @property
+    def level_downsamples(self) -> list[float]:
+        return [float(d) for d in self._osr.level_downsamples]
+
+    @property
+    def properties(self) -> dict[str, str]:
+        return dict(self._osr.properties)
+
+    def size_at(self, mpp: float) -> tuple[int, int]:
+        """(width, height) of the whole slide at `mpp`, rounded up so no pixel is lost."""
+        scale = mpp / self.mpp
+        w, h = self.dimensions
+        return math.ceil(w / scale - 1e-9), math.ceil(h / scale - 1e-9)
+
+    def best_level(self, downsample: float) -> int:
+        """Highest-resolution-cost-saving level whose downsample does not exceed the target."""
+        best = 0
+        for level, ds in enumerate(self.level_downsamples):
+            if ds <= downsample * (1 + 1e-3):
+                best = level
+        return best
+
+    # -- pixels -----------------------------------------------------------------------
+    def read_region(self, x: float, y: float, width: int, height: int, mpp: float) -> np.ndarray:
+        """RGB uint8 array (height, width, 3) of the box (x, y, width, height) in pixels at `mpp`.
+
+        Reads from the best pyramid level and resamples to the exact target grid, so
+        slides with no level at the requested resolution still line up. Areas outside
+        the slide are filled with the background colour.
+        """
+        if width <= 0 or height <= 0:
+            raise ValueError(f"region size must be positive, got {width}x{height}")
+        scale = mpp / self.mpp  # level-0 pixels per target pixel
+        level = self.best_level(scale)
+        ds = self.level_downsamples[level]
+        lw, lh = self.level_dimensions[level]
+        # Requested box in level coordinates (float), then the integer window around it.
+        fx0, fy0 = x * scale / ds, y * scale / ds
+        fx1, fy1 = (x + width) * scale / ds, (y + height) * scale / ds
+        ix0, iy0 = max(math.floor(fx0), 0), max(math.floor(fy0), 0)
+        ix1, iy1 = min(math.ceil(fx1), lw), min(math.ceil(fy1), lh)
+        out = Image.new("RGB", (width, height), BACKGROUND)
+        if ix1 <= ix0 or iy1 <= iy0:
+            return np.asarray(out)
+        try:
+            rgba = self._osr.read_region(
+                (round(ix0 * ds), round(iy0 * ds)), level, (ix1 - ix0, iy1 - iy0)
+            )
+        except openslide.OpenSlideError as exc:
+            raise SlideError(f"read failed at level {level} ({exc})", self.sample, str(self.path))
+        # OpenSlide marks pixels outside the scanned area transparent.
+        window = Image.new("RGB", rgba.size, BACKGROUND)
+        window.paste(rgba, mask=rgba.getchannel("A"))
+        # Target pixels that fall inside the slide, and their box in the window.
+        tx0 = max(0, math.ceil((ix0 - fx0) * width / (fx1 - fx0) - 1e-9))
+        ty0 = max(0, math.ceil((iy0 - fy0) * height / (fy1 - fy0) - 1e-9))
+        tx1 = min(width, math.floor((ix1 - fx0) * width / (fx1 - fx0) + 1e-9))
+        ty1 = min(height, math.floor((iy1 - fy0) * height / (fy1 - fy0) + 1e-9))
+        if tx1 <= tx0 or ty1 <= ty0:
+            return np.asarray(out)
+        sx = (fx1 - fx0) / width
+        sy = (fy1 - fy0) / height
+        box = (
+            fx0 + tx0 * sx - ix0,
+            fy0 + ty0 * sy - iy0,
+            fx0 + tx1 * sx - ix0,
+            fy0 + ty1 * sy - iy0,
+        )
+        size = (tx1 - tx0, ty1 - ty0)
+        if size == window.size and all(abs(b - r) < 1e-6 for b, r in zip(box, (0, 0, *window.size))):
+            part = window
+        else:
+            resample = Image.Resampling.BOX if sx > 1 else Image.Resampling.BILINEAR
+            part = window.resize(size, resample=resample, box=box)
+        out.paste(part, (tx0, ty0))
+        return np.asarray(out)
+
+    def thumbnail(self, mpp: float) -> np.ndarray:
+        """The whole slide at `mpp` as RGB uint8 (height, width, 3)."""
+        w, h = self.size_at(mpp)
+        return self.read_region(0, 0, w, h, mpp)
+
+    def close(self) -> None:
+        self._osr.close()
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_slide(path: str | os.PathLike, sample: str | None = None, mpp: float | None = None) -> Slide:
+    """Open a slide or plain image; `mpp` overrides the file's resolution."""
+    return Slide(path, sample=sample, mpp=mpp)
