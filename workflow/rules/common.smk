@@ -8,13 +8,22 @@ from histoflow.config import load_sample_sheet, validate_config  # noqa: E402
 
 validate_config(config)
 SAMPLES = load_sample_sheet(config["samples"])
+for _sample in SAMPLES.index:
+    for _field in ("path", "mask"):
+        _value = SAMPLES.loc[_sample, _field]
+        if _value and not Path(_value).exists():
+            logger.warning(
+                f"sample '{_sample}': {_field} file '{_value}' not found; "
+                "its jobs will fail, the other samples still run"
+            )
 
 
 wildcard_constraints:
     sample="[A-Za-z0-9._-]+",
 
 
-# Each stage file registers a function sample -> list of final files for rule all.
+# Each stage file registers the path patterns ("results/{sample}/...") of its final
+# files: STAGE_TARGETS["<stage>"] = [...]. (Lint wants no functions in rule files.)
 STAGE_TARGETS = {}
 
 
@@ -23,8 +32,7 @@ def final_targets():
     for stage in config["stages"]:
         if stage not in STAGE_TARGETS:
             raise ValueError(f"config field 'stages': stage '{stage}' has no rules yet")
-        for sample in SAMPLES.index:
-            targets.extend(STAGE_TARGETS[stage](sample))
+        targets.extend(expand(STAGE_TARGETS[stage], sample=SAMPLES.index))
     return targets
 
 
@@ -32,20 +40,30 @@ def sample_row(wildcards):
     return SAMPLES.loc[wildcards.sample]
 
 
+def existing(path):
+    # A missing file stays out of the job's inputs, so Snakemake still schedules the
+    # other samples; the job itself then fails with a message naming sample and file.
+    return [path] if path and Path(path).exists() else []
+
+
 def get_slide(wildcards):
-    return sample_row(wildcards)["path"]
+    return existing(sample_row(wildcards)["path"])
+
+
+def get_slide_path(wildcards):
+    return str(sample_row(wildcards)["path"])
 
 
 def get_user_mask(wildcards):
+    return existing(sample_row(wildcards)["mask"])
+
+
+def get_user_mask_path(wildcards):
     mask = sample_row(wildcards)["mask"]
-    return [mask] if mask else []
+    return str(mask) if mask else ""
 
 
 def get_sample_mpp(wildcards):
     # Cast: a numpy scalar would be ignored by the params rerun trigger.
     mpp = sample_row(wildcards)["mpp"]
     return float(mpp) if mpp else None
-
-
-def script_path(name):
-    return str(Path(workflow.basedir) / "scripts" / name)

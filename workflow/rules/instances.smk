@@ -1,1 +1,4 @@
-# Rules of the instances stage (see workflow/CONTRACTS.md); targets register in STAGE_TARGETS.
+# Rules of the instances stage (see workflow/CONTRACTS.md).
+# Register the final files for rule all as path patterns, NOT a function
+# (snakemake --lint forbids functions in rule files; helpers go in common.smk):
+#   STAGE_TARGETS["instances"] = ["results/{sample}/...", ...]

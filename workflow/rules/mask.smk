@@ -1,11 +1,10 @@
 # Stage 1: tissue mask, thumbnail and QC overlay for each slide.
 
 
-def mask_targets(sample):
-    return [f"results/{sample}/mask/mask.json", f"results/{sample}/mask/overlay.png"]
-
-
-STAGE_TARGETS["mask"] = mask_targets
+STAGE_TARGETS["mask"] = [
+    "results/{sample}/mask/mask.json",
+    "results/{sample}/mask/overlay.png",
+]
 
 
 rule mask_tissue:
@@ -26,13 +25,15 @@ rule mask_tissue:
         "logs/mask_tissue/{sample}.log",
     benchmark:
         "benchmarks/mask_tissue/{sample}.tsv"
-    params:
-        mpp=get_sample_mpp,
-        options=config["mask"],
+    conda:
+        "../../envs/geometry.yaml"
     threads: 1
     resources:
         mem_mb=2000,
-    conda:
-        "../../envs/geometry.yaml"
+    params:
+        slide=get_slide_path,
+        user_mask=get_user_mask_path,
+        mpp=get_sample_mpp,
+        options=config["mask"],
     script:
         "../../scripts/mask_tissue.py"

@@ -1,0 +1,147 @@
+"""Config and sample-sheet validation against the JSON schemas in workflow/schemas/.
+
+Errors name the field (config) or the row, sample and column (sheet), so a user
+can fix the file without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jsonschema
+import pandas as pd
+import yaml
+
+from histoflow.errors import ConfigError
+
+SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
+SHEET_COLUMNS = ("sample", "path", "mpp", "mask")
+
+
+def load_schema(name: str) -> dict:
+    with (SCHEMAS / name).open() as fh:
+        return yaml.safe_load(fh)
+
+
+def schema_defaults(section: str) -> dict:
+    """Default values of one config section, as the schema declares them."""
+    props = load_schema("config.schema.yaml")["properties"][section]["properties"]
+    return {key: sub["default"] for key, sub in props.items() if "default" in sub}
+
+
+def _with_defaults(validator_class):
+    """A validator that fills in schema defaults while it validates (jsonschema FAQ recipe)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(prop, _copy(sub["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _copy(value):
+    return yaml.safe_load(yaml.safe_dump(value))
+
+
+DefaultingValidator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def _field(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        # The offending key is only in the message; name it as the field.
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        path = ".".join(filter(None, [path, ",".join(extra)]))
+    elif error.validator == "required":
+        missing = [r for r in error.validator_value if r not in error.instance]
+        path = ".".join(filter(None, [path, ",".join(missing)]))
+    return path or "(top level)"
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties":
+        return "unknown key (not in the schema; check spelling)"
+    if error.validator == "required":
+        return "required but missing"
+    return error.message
+
+
+def validate_config(config: dict) -> dict:
+    """Validate `config` in place against config.schema.yaml, filling defaults."""
+    schema = load_schema("config.schema.yaml")
+    errors = sorted(DefaultingValidator(schema).iter_errors(config), key=lambda e: e.path)
+    if errors:
+        lines = [f"config field '{_field(e)}': {_message(e)}" for e in errors]
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
+    return config
+
+
+def load_sample_sheet(path: str | os.PathLike) -> pd.DataFrame:
+    """Read and validate the sample sheet; returns a frame indexed by sample ID.
+
+    Empty cells become None. Relative slide and mask paths are kept as written
+    (Snakemake resolves them against its working directory).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sample sheet not found: '{path}' (config field 'samples')")
+    try:
+        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment=None)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"sample sheet '{path}' is not a readable TSV: {exc}") from exc
+    frame.columns = [c.strip() for c in frame.columns]
+    for required in ("sample", "path"):
+        if required not in frame.columns:
+            raise ConfigError(
+                f"sample sheet '{path}': missing column '{required}' "
+                f"(columns are {', '.join(frame.columns)}; expected tab-separated "
+                f"{', '.join(SHEET_COLUMNS)})"
+            )
+    unknown = [c for c in frame.columns if c not in SHEET_COLUMNS]
+    if unknown:
+        raise ConfigError(
+            f"sample sheet '{path}': unknown column(s) {', '.join(map(repr, unknown))} "
+            f"(allowed: {', '.join(SHEET_COLUMNS)})"
+        )
+    schema = load_schema("samples.schema.yaml")
+    validator = jsonschema.Draft202012Validator(schema)
+    records = []
+    for i, raw in enumerate(frame.to_dict("records")):
+        row_no = i + 2  # header is line 1
+        record = {k: v.strip() for k, v in raw.items() if isinstance(v, str) and v.strip() != ""}
+        if "mpp" in record:
+            try:
+                record["mpp"] = float(record["mpp"])
+            except ValueError:
+                raise ConfigError(
+                    f"sample sheet '{path}' line {row_no} (sample '{record.get('sample', '?')}'):"
+                    f" field 'mpp': '{record['mpp']}' is not a number"
+                ) from None
+        errors = sorted(validator.iter_errors(record), key=lambda e: e.path)
+        if errors:
+            lines = [f"field '{_field(e)}': {_message(e)}" for e in errors]
+            raise ConfigError(
+                f"sample sheet '{path}' line {row_no} (sample '{record.get('sample', '?')}'): "
+                + "; ".join(lines)
+            )
+        records.append(record)
+    ids = [r["sample"] for r in records]
+    seen: dict[str, int] = {}
+    for i, sample in enumerate(ids):
+        if sample in seen:
+            raise ConfigError(
+                f"sample sheet '{path}': field 'sample': duplicate ID '{sample}' "
+                f"on lines {seen[sample] + 2} and {i + 2}"
+            )
+        seen[sample] = i
+    if not records:
+        raise ConfigError(f"sample sheet '{path}' has no samples")
+    rows = [{col: r.get(col) for col in SHEET_COLUMNS} for r in records]
+    # object dtype keeps missing values as None (not NaN) and mpp as a Python float.
+    sheet = pd.DataFrame(rows, columns=list(SHEET_COLUMNS), dtype=object)
+    return sheet.set_index("sample", drop=False)

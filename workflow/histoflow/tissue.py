@@ -1,0 +1,209 @@
+"""Tissue masking on a slide thumbnail: Otsu on a stain-sensitive channel plus morphology.
+
+Morphology sizes are given in µm and µm², converted to pixels at the thumbnail's
+resolution, so the same config means the same physical filtering at any mpp.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from skimage import color, filters, morphology, segmentation
+
+from histoflow.config import schema_defaults
+from histoflow.errors import SlideError
+from histoflow.io.atomic import atomic_output
+from histoflow.slide import Slide
+
+log = logging.getLogger(__name__)
+
+OUTLINE_RGB = (0, 200, 0)
+# A user mask whose aspect ratio differs from the slide's by more than this is
+# almost certainly for another slide (or rotated).
+MAX_ASPECT_MISMATCH = 0.02
+OVERLAY_MAX_SIDE = 1024
+
+
+@dataclass(frozen=True)
+class MaskOptions:
+    """The config section `mask`; defaults come from the config schema (one source)."""
+
+    thumbnail_mpp: float
+    channel: str
+    smoothing_um: float
+    min_threshold: float
+    closing_um: float
+    min_tissue_um2: float
+    max_hole_um2: float
+
+    @classmethod
+    def from_config(cls, options: dict | None = None) -> MaskOptions:
+        return cls(**{**schema_defaults("mask"), **(options or {})})
+
+
+@dataclass
+class TissueMask:
+    mask: np.ndarray  # bool (h, w) at thumbnail_mpp
+    thumbnail: np.ndarray  # uint8 RGB (h, w, 3)
+    overlay: np.ndarray  # uint8 RGB QC picture, finer than the thumbnail
+    meta: dict = field(default_factory=dict)
+
+
+def stain_channel(rgb: np.ndarray, channel: str) -> np.ndarray:
+    """A 0-1 image that is high on stained tissue and low on glass."""
+    rgb = rgb.astype(np.float32) / 255.0
+    if channel == "saturation":
+        return color.rgb2hsv(rgb)[..., 1]
+    if channel == "od":
+        # Mean optical density, scaled so OD 1.5 (dense stain) maps to 1.
+        od = -np.log(np.clip(rgb, 1 / 255, 1.0))
+        return np.clip(od.mean(axis=-1) / 1.5, 0.0, 1.0)
+    if channel == "gray":
+        return 1.0 - color.rgb2gray(rgb)
+    raise ValueError(f"unknown mask channel '{channel}' (saturation, od, gray)")
+
+
+def otsu_tissue(rgb: np.ndarray, mpp: float, opts: MaskOptions) -> tuple[np.ndarray, float]:
+    """Boolean tissue mask of a thumbnail at `mpp` and the threshold used."""
+    chan = stain_channel(rgb, opts.channel)
+    sigma = opts.smoothing_um / mpp
+    if sigma > 0:
+        chan = filters.gaussian(chan, sigma=sigma, preserve_range=True)
+    if float(chan.max() - chan.min()) < 1e-6:
+        threshold = max(float(chan.max()) + 1e-6, opts.min_threshold)
+    else:
+        threshold = max(float(filters.threshold_otsu(chan)), opts.min_threshold)
+    mask = chan > threshold
+    radius = int(round(opts.closing_um / mpp))
+    if radius > 0 and mask.any():
+        mask = morphology.closing(mask, morphology.disk(radius))
+    px_area = mpp * mpp
+    min_obj = int(math.ceil(opts.min_tissue_um2 / px_area))
+    max_hole = int(math.ceil(opts.max_hole_um2 / px_area))
+    if min_obj > 0:
+        mask = morphology.remove_small_objects(mask, max_size=min_obj)
+    if max_hole > 0:
+        mask = morphology.remove_small_holes(mask, max_size=max_hole)
+    return mask, threshold
+
+
+def load_user_mask(path: str | Path, shape: tuple[int, int], slide: Slide) -> np.ndarray:
+    """Read a user mask image (non-zero = tissue) and resize it to the thumbnail `shape`."""
+    path = Path(path)
+    if not path.is_file():
+        raise SlideError("user mask (sheet field 'mask') not found", slide.sample, str(path))
+    try:
+        with Image.open(path) as img:
+            img.load()
+            user = img.convert("L")
+    except OSError as exc:
+        raise SlideError(f"user mask is not a readable image ({exc})", slide.sample, str(path))
+    w0, h0 = slide.dimensions
+    ratio_slide, ratio_mask = w0 / h0, user.width / user.height
+    if abs(ratio_mask / ratio_slide - 1) > MAX_ASPECT_MISMATCH:
+        raise SlideError(
+            f"user mask aspect ratio {user.width}x{user.height} ({ratio_mask:.3f}) does not match "
+            f"the slide's {w0}x{h0} ({ratio_slide:.3f}); is it the mask of another slide?",
+            slide.sample,
+            str(path),
+        )
+    resized = user.resize((shape[1], shape[0]), resample=Image.Resampling.NEAREST)
+    return np.asarray(resized) > 0
+
+
+def compute_tissue_mask(
+    slide: Slide, opts: MaskOptions, user_mask: str | Path | None = None
+) -> TissueMask:
+    thumb = slide.thumbnail(opts.thumbnail_mpp)
+    h, w = thumb.shape[:2]
+    if user_mask:
+        mask, method, threshold = load_user_mask(user_mask, (h, w), slide), "user", None
+    else:
+        mask, threshold = otsu_tissue(thumb, opts.thumbnail_mpp, opts)
+        method = "otsu"
+    w0, h0 = slide.dimensions
+    fraction = float(mask.mean()) if mask.size else 0.0
+    # Area in mm² from level-0 pixels per mask pixel, so rounding of the thumbnail size
+    # does not bias it.
+    sx, sy = w0 / w, h0 / h
+    area_mm2 = float(mask.sum()) * sx * sy * slide.mpp**2 / 1e6
+    warnings = []
+    if not mask.any():
+        msg = f"sample '{slide.sample}': no tissue found in '{slide.path}'"
+        log.warning(msg)
+        warnings.append("no tissue found")
+    meta = {
+        "sample": slide.sample,
+        "slide_path": str(slide.path),
+        "slide_format": slide.format,
+        "slide_dimensions": [w0, h0],
+        "mpp": slide.mpp,
+        "mpp_source": slide.mpp_source,
+        "thumbnail_mpp": opts.thumbnail_mpp,
+        "mask_shape": [h, w],
+        "mask_scale": [sx, sy],
+        "tissue_fraction": round(fraction, 6),
+        "tissue_area_mm2": round(area_mm2, 6),
+        "method": method,
+        "channel": opts.channel if method == "otsu" else None,
+        "threshold": None if threshold is None else round(threshold, 6),
+        "options": opts.__dict__,
+        "warnings": warnings,
+    }
+    return TissueMask(mask=mask, thumbnail=thumb, overlay=overlay_picture(slide, mask), meta=meta)
+
+
+def overlay_picture(slide: Slide, mask: np.ndarray, max_side: int = OVERLAY_MAX_SIDE) -> np.ndarray:
+    """QC picture: the slide at up to `max_side` px with the tissue outline in green.
+
+    Drawn finer than the mask thumbnail (which is often only ~100-200 px for small
+    slides) so a person can judge the outline against the tissue.
+    """
+    w0, h0 = slide.dimensions
+    mpp = max(slide.mpp, max(w0, h0) * slide.mpp / max_side)
+    rgb = slide.thumbnail(mpp)
+    big = Image.fromarray(mask.astype(np.uint8) * 255).resize(
+        (rgb.shape[1], rgb.shape[0]), resample=Image.Resampling.NEAREST
+    )
+    return overlay(rgb, np.asarray(big) > 0, width=max(2, round(max(rgb.shape) / 400)))
+
+
+def overlay(thumbnail: np.ndarray, mask: np.ndarray, width: int = 2) -> np.ndarray:
+    """The thumbnail with the mask outline drawn in green; tissue-free area slightly dimmed."""
+    out = thumbnail.copy()
+    edges = segmentation.find_boundaries(mask, mode="inner")
+    if width > 1:
+        edges = morphology.dilation(edges, morphology.disk(width // 2))
+    out[~mask] = (out[~mask] * 0.75).astype(np.uint8)
+    out[edges] = OUTLINE_RGB
+    return out
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    with atomic_output(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
+def write_outputs(
+    result: TissueMask, mask_png: Path, thumb_png: Path, overlay_png: Path, meta_json: Path
+) -> None:
+    _save_png(result.mask.astype(np.uint8) * 255, Path(mask_png))
+    _save_png(result.thumbnail, Path(thumb_png))
+    _save_png(result.overlay, Path(overlay_png))
+    # JSON last: its presence means the other three are complete.
+    with atomic_output(meta_json) as tmp:
+        tmp.write_text(json.dumps(result.meta, indent=2, sort_keys=True) + "\n")
+
+
+def read_mask(mask_png: str | Path, meta_json: str | Path) -> tuple[np.ndarray, dict]:
+    """Load a mask written by `write_outputs`: (bool mask, metadata)."""
+    meta = json.loads(Path(meta_json).read_text())
+    with Image.open(mask_png) as img:
+        mask = np.asarray(img.convert("L")) > 0
+    return mask, meta
