@@ -140,7 +140,9 @@ class Slide:
                 (round(ix0 * ds), round(iy0 * ds)), level, (ix1 - ix0, iy1 - iy0)
             )
         except openslide.OpenSlideError as exc:
-            raise SlideError(f"read failed at level {level} ({exc})", self.sample, str(self.path))
+            raise SlideError(
+                f"read failed at level {level} ({exc})", self.sample, str(self.path)
+            ) from exc
         # OpenSlide marks pixels outside the scanned area transparent.
         window = Image.new("RGB", rgba.size, BACKGROUND)
         window.paste(rgba, mask=rgba.getchannel("A"))

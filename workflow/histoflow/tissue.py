@@ -103,7 +103,9 @@ def load_user_mask(path: str | Path, shape: tuple[int, int], slide: Slide) -> np
             img.load()
             user = img.convert("L")
     except OSError as exc:
-        raise SlideError(f"user mask is not a readable image ({exc})", slide.sample, str(path))
+        raise SlideError(
+            f"user mask is not a readable image ({exc})", slide.sample, str(path)
+        ) from exc
     w0, h0 = slide.dimensions
     ratio_slide, ratio_mask = w0 / h0, user.width / user.height
     if abs(ratio_mask / ratio_slide - 1) > MAX_ASPECT_MISMATCH:
