@@ -15,6 +15,7 @@ include: "workflow/rules/infer.smk"
 include: "workflow/rules/merge.smk"
 include: "workflow/rules/instances.smk"
 include: "workflow/rules/export.smk"
+include: "workflow/rules/cohort.smk"
 
 
 localrules:
