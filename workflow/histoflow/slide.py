@@ -19,6 +19,9 @@ from PIL import Image
 from histoflow.errors import SlideError
 
 BACKGROUND = (255, 255, 255)
+# Extensions of whole-slide formats: a file with one of these that OpenSlide does not
+# recognise is reported as a broken slide, not as an unknown image.
+SLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm"}
 # Pillow refuses images above ~179 Mpx as a decompression-bomb guard; slides given as
 # plain images can legitimately be that large.
 Image.MAX_IMAGE_PIXELS = None
@@ -53,15 +56,30 @@ class Slide:
             raise SlideError("slide path is a directory, not a file", sample, str(path))
         if self.path.is_file() and self.path.stat().st_size == 0:
             raise SlideError("slide file is empty (0 bytes)", sample, str(path))
+        self.format = openslide.OpenSlide.detect_format(str(self.path)) or "image"
+        self.warnings: list[str] = []
         try:
-            self._osr = openslide.open_slide(str(self.path))
+            if self.format == "image":
+                self._osr = openslide.ImageSlide(str(self.path))
+            else:
+                self._osr = openslide.OpenSlide(str(self.path))
             # Touch the first pixel: truncated files often open but fail on read.
             self._osr.read_region((0, 0), 0, (1, 1))
         except (openslide.OpenSlideError, OSError, ValueError) as exc:
-            raise SlideError(
-                f"cannot read as a slide or image ({type(exc).__name__}: {exc})", sample, str(path)
-            ) from exc
-        self.format = openslide.OpenSlide.detect_format(str(self.path)) or "image"
+            if self.format == "image" and self.path.suffix.lower() in SLIDE_SUFFIXES:
+                what = (
+                    f"OpenSlide does not recognise it as a {self.path.suffix} slide "
+                    "(truncated or corrupt?) and it is not a plain image either"
+                )
+            else:
+                what = f"cannot read as a {self.format} slide or image"
+            raise SlideError(f"{what} ({type(exc).__name__}: {exc})", sample, str(path)) from exc
+        if self.format == "image" and self.path.suffix.lower() in SLIDE_SUFFIXES:
+            kind = getattr(self._osr, "_image", None)
+            kind = getattr(kind, "format", None) or "plain"
+            self.warnings.append(
+                f"content is a {kind} image, not a {self.path.suffix} slide; read as a plain image"
+            )
         file_mpp = _mpp_from_properties(self._osr.properties)
         if mpp is not None:
             if not (mpp > 0 and math.isfinite(mpp)):
@@ -70,9 +88,10 @@ class Slide:
         elif file_mpp is not None:
             self.mpp, self.mpp_source = file_mpp, "file"
         else:
+            note = f" ({self.warnings[0]})" if self.warnings else ""
             raise SlideError(
                 "no resolution metadata (microns per pixel) in the file; "
-                "set the 'mpp' column for this sample in the sample sheet",
+                f"set the 'mpp' column for this sample in the sample sheet{note}",
                 sample,
                 str(path),
             )

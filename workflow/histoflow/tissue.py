@@ -135,7 +135,7 @@ def compute_tissue_mask(
     # does not bias it.
     sx, sy = w0 / w, h0 / h
     area_mm2 = float(mask.sum()) * sx * sy * slide.mpp**2 / 1e6
-    warnings = []
+    warnings = list(slide.warnings)
     if not mask.any():
         msg = f"sample '{slide.sample}': no tissue found in '{slide.path}'"
         log.warning(msg)

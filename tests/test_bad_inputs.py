@@ -1,0 +1,90 @@
+"""The bad-input matrix: one cohort run with broken samples beside good ones.
+
+Each broken sample must end with one message naming the sample and the file (or
+field), and the good samples of the same run must finish (--keep-going).
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import run_workflow
+from PIL import Image
+from synthetic_tissue import tissue_blocks, write_png
+
+pytestmark = pytest.mark.e2e
+
+# sample -> substring expected in its log (the file path is checked separately).
+SLIDE_CASES = {
+    "missing": "slide file not found",
+    "empty": "slide file is empty (0 bytes)",
+    "truncated": "OpenSlide does not recognise it as a .svs slide (truncated or corrupt?)",
+    "renamed_png": "no resolution metadata (microns per pixel) in the file; set the 'mpp' column"
+    " for this sample in the sample sheet (content is a PNG image, not a .svs slide",
+    "no_mpp": "no resolution metadata (microns per pixel) in the file",
+    "bad_mask": "user mask aspect ratio",
+}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory, demo_slide):
+    tmp = tmp_path_factory.mktemp("bad")
+    rgb, _ = tissue_blocks(600, 480, seed=3)
+    png = write_png(tmp / "roi.png", rgb)
+    files = {
+        "missing": tmp / "missing.svs",
+        "empty": tmp / "empty.svs",
+        "truncated": tmp / "truncated.svs",
+        "renamed_png": tmp / "renamed_png.svs",
+        "no_mpp": png,
+        "bad_mask": demo_slide,
+        "blank": tmp / "blank.png",
+        "good": demo_slide,
+        "png_with_mpp": png,
+    }
+    files["empty"].write_bytes(b"")
+    data = demo_slide.read_bytes()
+    files["truncated"].write_bytes(data[: len(data) // 2])
+    shutil.copy(png, files["renamed_png"])
+    Image.fromarray(np.full((400, 300, 3), 246, np.uint8)).save(files["blank"])
+    Image.fromarray(np.ones((100, 400), np.uint8)).save(tmp / "wide_mask.png")
+    rows = [{"sample": s, "path": p} for s, p in files.items()]
+    for row in rows:
+        if row["sample"] in ("blank", "png_with_mpp"):
+            row["mpp"] = 0.5
+        if row["sample"] == "bad_mask":
+            row["mask"] = tmp / "wide_mask.png"
+    proc = run_workflow(tmp, samples=rows, config={"stages": ["mask"]}, check=False)
+    return tmp, files, proc
+
+
+@pytest.mark.parametrize("sample", sorted(SLIDE_CASES))
+def test_broken_sample_has_one_clear_message(cohort, sample):
+    tmp, files, proc = cohort
+    assert proc.returncode != 0
+    log = (tmp / "logs" / "mask_tissue" / f"{sample}.log").read_text()
+    errors = [line for line in log.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, log
+    path = tmp / "wide_mask.png" if sample == "bad_mask" else files[sample]
+    assert f"sample '{sample}', file '{path}'" in errors[0]
+    assert SLIDE_CASES[sample] in errors[0]
+    # The same line reaches the Snakemake output the user watches.
+    assert f"histoflow error: sample '{sample}'" in proc.stdout
+    # Nothing that looks complete is left behind.
+    assert not (tmp / "results" / sample / "mask" / "mask.json").exists()
+
+
+@pytest.mark.parametrize("sample", ["good", "png_with_mpp"])
+def test_good_samples_finish(cohort, sample):
+    tmp, _, _ = cohort
+    meta = json.loads((tmp / "results" / sample / "mask" / "mask.json").read_text())
+    assert meta["tissue_fraction"] > 0.1
+
+
+def test_blank_slide_gives_valid_empty_outputs(cohort):
+    tmp, _, _ = cohort
+    out = tmp / "results" / "blank" / "mask"
+    meta = json.loads((out / "mask.json").read_text())
+    assert meta["tissue_fraction"] == 0 and meta["warnings"] == ["no tissue found"]
+    assert not np.asarray(Image.open(out / "mask.png")).any()
