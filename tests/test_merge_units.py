@@ -1,0 +1,162 @@
+"""Unit tests of the merge engine's parts: spill policy, resources, canvas, writer, options."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from histoflow.errors import ConfigError
+from histoflow.merge import memory, resources
+from histoflow.merge.canvas import Canvas, MemoryStorage, Region, ZarrStorage
+from histoflow.merge.memory import MB, MemoryPolicy, SpillCache
+from histoflow.merge.stitch import MergeOptions
+from histoflow.merge.writer import MapWriter
+
+
+class FakeProcess:
+    def __init__(self, rss_mb: float):
+        self.rss = int(rss_mb * MB)
+
+    def memory_info(self):
+        return SimpleNamespace(rss=self.rss)
+
+
+@pytest.fixture
+def ram_1000mb(monkeypatch):
+    monkeypatch.setattr(
+        memory.psutil, "virtual_memory", lambda: SimpleNamespace(available=1000 * MB)
+    )
+
+
+def test_policy_limit_is_percent_of_available_lowered_by_cap(ram_1000mb):
+    assert MemoryPolicy(50, None, FakeProcess(0)).limit == 500 * MB
+    assert MemoryPolicy(50, 200, FakeProcess(0)).limit == 200 * MB
+    assert MemoryPolicy(10, 200, FakeProcess(0)).limit == 100 * MB
+
+
+def test_policy_spills_when_rss_plus_band_passes_limit_and_stays_spilled(ram_1000mb):
+    proc = FakeProcess(300)
+    policy = MemoryPolicy(50, None, proc)
+    assert not policy.decide(150 * MB).spill
+    decision = policy.decide(250 * MB)
+    assert decision.spill
+    assert "RSS 300 MB + accumulator 250.0 MB > limit 500 MB" in decision.reason
+    proc.rss = 0
+    assert policy.decide(1).spill  # sticky: no flip-flopping between disk and memory
+
+
+def test_policy_percent_zero_forces_spilling(ram_1000mb):
+    assert MemoryPolicy(0, None, FakeProcess(1)).decide(0).spill
+
+
+def test_policy_rejects_bad_percent():
+    with pytest.raises(ValueError):
+        MemoryPolicy(101)
+
+
+def test_spill_cache_is_lazy_and_removed(tmp_path):
+    cache = SpillCache(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+    first, second = cache.new_dir(), cache.new_dir()
+    assert first != second and first.parent == second.parent == cache.root
+    first.mkdir()
+    cache.cleanup()
+    assert list(tmp_path.iterdir()) == []
+
+
+def _attrs(width, height, heads=(("a", 1), ("b", 2)), patch=(256, 256), stride=(224, 224)):
+    return {
+        "shape": [height, width],
+        "patch_output": list(patch),
+        "stride": list(stride),
+        "heads": [{"name": n, "channels": c, "activation": "none"} for n, c in heads],
+    }
+
+
+def test_mem_mb_grows_with_width_not_height():
+    narrow, wide = _attrs(4096, 16384), _attrs(16384, 16384)
+    tall = _attrs(16384, 65536)
+    assert resources.merge_mem_mb(tall) == resources.merge_mem_mb(wide)
+    assert resources.merge_mem_mb(wide) > resources.merge_mem_mb(narrow) > resources.BASE_MB
+    # 16k wide, 3 channels: two 256-row canvases of 14 B/px are ~112 MB.
+    assert resources.merge_mem_mb(wide) < 1000
+
+
+def test_threads_from_band_size():
+    assert resources.merge_threads(_attrs(512, 512)) == 1
+    assert resources.merge_threads(_attrs(16384, 512)) == 2
+    assert resources.merge_threads(None) == resources.FALLBACK_THREADS
+
+
+def test_raw_attrs_reads_zarr_json_or_none(tmp_path):
+    assert resources.raw_attrs(tmp_path / "missing.zarr") is None
+    store = tmp_path / "raw.zarr"
+    store.mkdir()
+    attrs = _attrs(100, 100)
+    (store / "zarr.json").write_text(json.dumps({"node_type": "group", "attributes": attrs}))
+    assert resources.raw_attrs(store) == attrs
+    assert resources.merge_mem_mb(None) == resources.FALLBACK_MEM_MB
+
+
+def test_region_geometry():
+    a, b = Region(0, 10, 0, 10), Region(5, 20, 8, 12)
+    assert a.union(b) == Region(0, 20, 0, 12)
+    assert a.intersect(b) == Region(5, 10, 8, 10)
+    assert a.intersect(Region(10, 12, 0, 5)).empty
+    assert a.contains(Region(2, 3, 4, 5)) and not a.contains(b)
+    assert a.rows(3, 7) == Region(3, 7, 0, 10)
+
+
+@pytest.mark.parametrize("spilled", [False, True])
+def test_canvas_take_rows_and_extent(tmp_path, spilled):
+    def factory(shapes):
+        if spilled:
+            return ZarrStorage(shapes, tmp_path / "c.zarr", chunk_cols=3, block_cols=2)
+        return MemoryStorage(shapes)
+
+    canvas = Canvas(Region(10, 20, 100, 110), {"p": 1}, factory)
+    canvas.add_patch(Region(10, 14, 100, 104), {"p": np.full((4, 4, 1), 2, np.float32)})
+    canvas.add_patch(Region(12, 20, 102, 106), {"p": np.full((8, 4, 1), 4, np.float32)})
+    assert canvas.extent() == Region(10, 20, 100, 106)
+    taken = list(canvas.take_rows(14, align=2))
+    assert [b.y0 for b, _, _ in taken] == sorted(b.y0 for b, _, _ in taken)
+    assert all(b.y1 - 1 < (b.y0 // 2 + 1) * 2 for b, _, _ in taken)  # no block crosses a row pair
+    got = np.zeros((4, 6))
+    cov = np.zeros((4, 6), int)
+    for block, sums, count in taken:
+        ys, xs = slice(block.y0 - 10, block.y1 - 10), slice(block.x0 - 100, block.x1 - 100)
+        got[ys, xs] = sums["p"][..., 0]
+        cov[ys, xs] = count
+    np.testing.assert_array_equal(cov[3], [1, 1, 2, 2, 1, 1])
+    np.testing.assert_array_equal(got[3], [2, 2, 6, 6, 4, 4])
+    assert canvas.region == Region(14, 20, 100, 110)
+    # Only the second patch reaches the live rows now.
+    assert canvas.extent() == Region(14, 20, 102, 106)
+    canvas.close()
+    assert not (tmp_path / "c.zarr").exists()
+
+
+def test_writer_refuses_rows_out_of_order(tmp_path):
+    writer = MapWriter(tmp_path / "m.zarr", (10, 4), {"a": 1}, band_rows=3, attrs={})
+    list(writer.segments(Region(6, 8, 0, 4)))
+    with pytest.raises(RuntimeError, match="out of order"):
+        list(writer.segments(Region(0, 2, 0, 4)))
+    writer.abort()
+
+
+def test_writer_rejects_head_named_coverage(tmp_path):
+    with pytest.raises(ValueError, match="coverage"):
+        MapWriter(tmp_path / "m.zarr", (10, 4), {"coverage": 1}, band_rows=3, attrs={})
+
+
+def test_options_from_config_names_bad_fields():
+    opts = MergeOptions.from_config({"memory_percent": 30, "memory_cap_mb": None})
+    assert opts.memory_percent == 30 and opts.compression == "blosc-lz4"
+    with pytest.raises(ConfigError, match="merge.bogus"):
+        MergeOptions.from_config({"bogus": 1})
+    with pytest.raises(ConfigError, match="merge.compression"):
+        MergeOptions.from_config({"compression": "gzip"})
+    with pytest.raises(ConfigError, match="merge.band_rows"):
+        MergeOptions.from_config({"band_rows": 0})

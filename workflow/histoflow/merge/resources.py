@@ -1,0 +1,58 @@
+"""threads and mem_mb for the merge_patches rule, from raw.zarr's attributes.
+
+Reads `raw.zarr/zarr.json` with the json module (no zarr import), so the Snakefile
+can call it cheaply. Snakemake re-evaluates resources once the input exists; before
+that (dry run), a fallback is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+MB = 1024 * 1024
+BASE_MB = 300  # interpreter, numpy, zarr, codecs
+FALLBACK_MEM_MB = 2000
+FALLBACK_THREADS = 1
+READ_BATCH = 64  # MergeOptions.read_batch
+BACKGROUND_WRITE_BYTES = 8 * MB  # below this, a writer thread costs more than it saves
+
+
+def raw_attrs(raw_path: str | Path) -> dict | None:
+    meta = Path(raw_path) / "zarr.json"
+    if not meta.is_file():
+        return None
+    return json.loads(meta.read_text()).get("attributes", {})
+
+
+def band_bytes(attrs: dict, band_rows: int | None = None) -> dict[str, int]:
+    """Bytes of the merge's working set for a slide width (independent of height)."""
+    width = int(attrs["shape"][1])
+    h, w = (int(v) for v in attrs["patch_output"])
+    channels = sum(int(head["channels"]) for head in attrs["heads"])
+    rows = int(band_rows or attrs.get("stride", [h])[0] or h)
+    per_px = 4 * channels + 2
+    return {
+        # band being summed + live rows of the previous band
+        "canvases": 2 * h * width * per_px,
+        # one output chunk band being filled (+ one in flight when writing in background)
+        "chunk": rows * width * per_px,
+        "read": READ_BATCH * h * w * channels * 4,
+    }
+
+
+def merge_threads(attrs: dict | None, band_rows: int | None = None) -> int:
+    if attrs is None:
+        return FALLBACK_THREADS
+    return 2 if band_bytes(attrs, band_rows)["chunk"] >= BACKGROUND_WRITE_BYTES else 1
+
+
+def merge_mem_mb(attrs: dict | None, band_rows: int | None = None) -> int:
+    if attrs is None:
+        return FALLBACK_MEM_MB
+    parts = band_bytes(attrs, band_rows)
+    writers = merge_threads(attrs, band_rows)
+    # chunk: buffers (1 or 2) + the codec's encoded copy per writer
+    total = parts["canvases"] + parts["read"] + parts["chunk"] * (2 * writers)
+    return int(math.ceil(BASE_MB + 1.25 * total / MB))
