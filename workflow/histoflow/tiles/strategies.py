@@ -1,0 +1,360 @@
+"""Write strategies: when and how the tile predictions of an image become one written image.
+
+An *image* is one input file (a sample-sheet row); its *samples* are the planes that
+are predicted separately (the pages of a multi-page TIFF; a plain PNG/JPEG has one).
+Predictions arrive as tiles, in any order and in batches that may mix images: each
+tile is an (h, w, C) array placed at (y, x) of its sample's canvas. For a tile-level
+model the canvas is the tile grid (one cell per tile, h = w = 1); for a dense model it
+is the pixel grid.
+
+All strategies share one interface, `add(batch_predictions, batch_tile_info)` and
+`finish()`, and all write the same thing: per image, `scores` (S, H, W, C) float32 =
+sum of the tiles covering a pixel / their number, and `coverage` (S, H, W) uint8 =
+that number (0 = no tile here). Samples smaller than the largest are padded
+(coverage 0). An image is complete when every sample has received the number of
+tiles its `ImageSpec` announces; a tile for an image already written, or a tile seen
+twice, is an error, so no image is written twice.
+
+- `CacheTiles`: keep the tiles of an image until all have arrived, then stitch and
+  write. Memory: the tiles of the images in flight. The stitch sums tiles in sorted
+  (sample, y, x) order, so overlapping tiles give the same bytes whatever the order.
+- `WriteImage`: paste tiles into the image's canvas as they arrive and write the whole
+  image once all samples are complete. Memory: one canvas per image in flight, however
+  many tiles (whole-sample predictions are just tiles that cover their sample).
+- `WriteTilesZarr`: write each tile straight into a Zarr store created up front; an
+  image's group gets `complete: true` when its last tile lands. Memory: one batch.
+  Tiles must not overlap (the tile grid of `infer_tiles` guarantees it).
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class StrategyName(StrEnum):
+    CACHE_TILES = "cache_tiles"
+    WRITE_IMAGE = "write_image"
+    WRITE_TILES_ZARR = "write_tiles_zarr"
+
+
+@dataclass(frozen=True)
+class TileInfo:
+    """Where one tile prediction goes: image id, sample index, top-left (y, x) on the canvas."""
+
+    image: str
+    sample: int
+    y: int
+    x: int
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What an image will receive: per sample, the canvas (H, W) and the number of tiles."""
+
+    shapes: tuple[tuple[int, int], ...]
+    tiles: tuple[int, ...]
+    channels: int
+
+    def __post_init__(self):
+        if len(self.shapes) != len(self.tiles) or not self.shapes:
+            raise ValueError("ImageSpec: one shape and one tile count per sample, at least one")
+        if self.channels < 1 or any(n < 0 for n in self.tiles):
+            raise ValueError(f"ImageSpec: bad channels/tiles {self.channels}, {self.tiles}")
+
+    @property
+    def canvas(self) -> tuple[int, int, int]:
+        """(S, H, W): samples padded to the largest."""
+        return (
+            len(self.shapes),
+            max(h for h, _ in self.shapes),
+            max(w for _, w in self.shapes),
+        )
+
+
+@dataclass
+class StitchedImage:
+    """A finished image as handed to a sink."""
+
+    image: str
+    spec: ImageSpec
+    scores: np.ndarray  # (S, H, W, C) float32
+    coverage: np.ndarray  # (S, H, W) uint8
+
+
+Sink = Callable[[StitchedImage], None]
+
+
+@dataclass
+class _Progress:
+    spec: ImageSpec
+    received: list[int]
+    seen: set[tuple[int, int, int]] = field(default_factory=set)
+
+    def complete(self) -> bool:
+        return all(r == n for r, n in zip(self.received, self.spec.tiles))
+
+
+class WriteStrategy(ABC):
+    """Common bookkeeping: validates every tile and decides when an image is complete."""
+
+    name: StrategyName
+
+    def __init__(self, images: dict[str, ImageSpec]):
+        if not images:
+            raise ValueError("no images to write")
+        self.images = dict(images)
+        self._progress = {k: _Progress(s, [0] * len(s.tiles)) for k, s in self.images.items()}
+        self.written: list[str] = []  # image ids in the order they were written
+
+    def add(self, batch_predictions: Sequence[np.ndarray] | np.ndarray, batch_tile_info) -> None:
+        """Take a batch: predictions[i] is an (h, w, C) or (C,) array for batch_tile_info[i]."""
+        infos = list(batch_tile_info)
+        if len(batch_predictions) != len(infos):
+            raise ValueError(
+                f"{len(batch_predictions)} predictions for {len(infos)} tile infos in a batch"
+            )
+        finished = []
+        for pred, info in zip(batch_predictions, infos):
+            tile = self._check(np.asarray(pred), info)
+            self._take(tile, info)
+            prog = self._progress[info.image]
+            prog.received[info.sample] += 1
+            if prog.complete():
+                finished.append(info.image)
+        for image in finished:
+            self._complete(image)
+
+    def finish(self) -> list[str]:
+        """Write images that expected no tile at all; fail if any image is incomplete."""
+        for image, prog in list(self._progress.items()):
+            if sum(prog.spec.tiles) == 0:
+                self._complete(image)
+        if self._progress:
+            missing = ", ".join(
+                f"'{k}' ({sum(p.received)} of {sum(p.spec.tiles)} tiles)"
+                for k, p in sorted(self._progress.items())
+            )
+            raise ValueError(f"images not complete at finish: {missing}")
+        return list(self.written)
+
+    # -- helpers ----------------------------------------------------------------------
+    def _check(self, pred: np.ndarray, info: TileInfo) -> np.ndarray:
+        prog = self._progress.get(info.image)
+        if prog is None:
+            if info.image in self.written:
+                raise ValueError(f"image '{info.image}': tile arrived after the image was written")
+            raise ValueError(f"tile for unknown image '{info.image}'")
+        spec = prog.spec
+        if not 0 <= info.sample < len(spec.shapes):
+            raise ValueError(f"image '{info.image}': no sample {info.sample}")
+        tile = pred.reshape(1, 1, -1) if pred.ndim == 1 else pred
+        if tile.ndim != 3 or tile.shape[2] != spec.channels:
+            raise ValueError(
+                f"image '{info.image}': tile of shape {pred.shape}, expected (h, w, "
+                f"{spec.channels})"
+            )
+        h, w = spec.shapes[info.sample]
+        th, tw = tile.shape[:2]
+        if info.y < 0 or info.x < 0 or info.y + th > h or info.x + tw > w:
+            raise ValueError(
+                f"image '{info.image}' sample {info.sample}: tile ({info.y}, {info.x}) of "
+                f"{th}x{tw} outside the {h}x{w} canvas"
+            )
+        key = (info.sample, info.y, info.x)
+        if key in prog.seen:
+            raise ValueError(f"image '{info.image}': tile {key} (sample, y, x) arrived twice")
+        if prog.received[info.sample] >= spec.tiles[info.sample]:
+            raise ValueError(
+                f"image '{info.image}' sample {info.sample}: more than the announced "
+                f"{spec.tiles[info.sample]} tiles"
+            )
+        prog.seen.add(key)
+        return tile
+
+    def _complete(self, image: str) -> None:
+        spec = self._progress.pop(image).spec
+        self._write(image, spec)
+        self.written.append(image)
+        log.debug("%s: image '%s' written", self.name, image)
+
+    @abstractmethod
+    def _take(self, tile: np.ndarray, info: TileInfo) -> None: ...
+
+    @abstractmethod
+    def _write(self, image: str, spec: ImageSpec) -> None: ...
+
+
+def _empty(spec: ImageSpec, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+    s, h, w = spec.canvas
+    return np.zeros((s, h, w, spec.channels), dtype), np.zeros((s, h, w), np.uint16)
+
+
+def _normalise(total: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores = (total / np.maximum(count, 1)[..., None]).astype(np.float32)
+    return scores, np.minimum(count, 255).astype(np.uint8)
+
+
+class CacheTiles(WriteStrategy):
+    """Cache an image's tiles; stitch and hand it to `sink` when the last one arrives."""
+
+    name = StrategyName.CACHE_TILES
+
+    def __init__(self, images: dict[str, ImageSpec], sink: Sink):
+        super().__init__(images)
+        self.sink = sink
+        self._cache: dict[str, list[tuple[TileInfo, np.ndarray]]] = {}
+
+    def _take(self, tile, info):
+        # Copy: the caller may reuse its batch buffer.
+        self._cache.setdefault(info.image, []).append((info, np.array(tile, np.float32)))
+
+    def _write(self, image, spec):
+        total, count = _empty(spec)
+        tiles = sorted(self._cache.pop(image, []), key=lambda t: (t[0].sample, t[0].y, t[0].x))
+        for info, tile in tiles:
+            th, tw = tile.shape[:2]
+            total[info.sample, info.y : info.y + th, info.x : info.x + tw] += tile
+            count[info.sample, info.y : info.y + th, info.x : info.x + tw] += 1
+        self.sink(StitchedImage(image, spec, *_normalise(total, count)))
+
+
+class WriteImage(WriteStrategy):
+    """Accumulate into the image's canvas; hand the whole image to `sink` once complete."""
+
+    name = StrategyName.WRITE_IMAGE
+
+    def __init__(self, images: dict[str, ImageSpec], sink: Sink):
+        super().__init__(images)
+        self.sink = sink
+        self._canvas: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _take(self, tile, info):
+        if info.image not in self._canvas:
+            self._canvas[info.image] = _empty(self._progress[info.image].spec)
+        total, count = self._canvas[info.image]
+        th, tw = tile.shape[:2]
+        total[info.sample, info.y : info.y + th, info.x : info.x + tw] += tile
+        count[info.sample, info.y : info.y + th, info.x : info.x + tw] += 1
+
+    def _write(self, image, spec):
+        total, count = self._canvas.pop(image, None) or _empty(spec)
+        self.sink(StitchedImage(image, spec, *_normalise(total, count)))
+
+
+# -- Zarr layout shared by the sink and WriteTilesZarr ---------------------------------
+def _create_image_group(root, image: str, spec: ImageSpec, chunks: tuple[int, int]):
+    s, h, w = spec.canvas
+    ch, cw = max(1, min(chunks[0], h)), max(1, min(chunks[1], w))
+    group = root.create_group(image)
+    group.create_array(
+        "scores",
+        shape=(s, h, w, spec.channels),
+        chunks=(1, ch, cw, spec.channels),
+        dtype="float32",
+        fill_value=0.0,
+    )
+    group.create_array("coverage", shape=(s, h, w), chunks=(1, ch, cw), dtype="uint8", fill_value=0)
+    group.attrs.update(
+        {
+            "sample_shapes": [list(shape) for shape in spec.shapes],
+            "tiles": list(spec.tiles),
+            "complete": False,
+        }
+    )
+    return group
+
+
+class ZarrImageSink:
+    """A sink that writes each finished image as a group `<image>/{scores,coverage}`.
+
+    Same layout, chunks and attributes as `WriteTilesZarr`, so the three strategies
+    give identical stores. Chunks that stay all-fill (no tile) are not stored.
+    """
+
+    def __init__(self, root, chunks: tuple[int, int] = (256, 256)):
+        self.root = root
+        self.chunks = chunks
+
+    def __call__(self, image: StitchedImage) -> None:
+        group = _create_image_group(self.root, image.image, image.spec, self.chunks)
+        group["scores"][...] = image.scores
+        group["coverage"][...] = image.coverage
+        group.attrs["complete"] = True
+
+
+class WriteTilesZarr(WriteStrategy):
+    """Write every tile into `root` (a Zarr group) as it arrives; nothing is cached."""
+
+    name = StrategyName.WRITE_TILES_ZARR
+
+    def __init__(
+        self,
+        images: dict[str, ImageSpec],
+        root,
+        chunks: tuple[int, int] = (256, 256),
+        on_complete: Callable[[str], None] | None = None,
+    ):
+        super().__init__(images)
+        self.root = root
+        self.on_complete = on_complete
+        self._groups = {k: _create_image_group(root, k, s, chunks) for k, s in images.items()}
+
+    def _take(self, tile, info):
+        group = self._groups[info.image]
+        th, tw = tile.shape[:2]
+        box = (info.sample, slice(info.y, info.y + th), slice(info.x, info.x + tw))
+        group["scores"][box] = tile.astype(np.float32, copy=False)
+        group["coverage"][box] = 1
+
+    def _write(self, image, spec):
+        self._groups.pop(image).attrs["complete"] = True
+        if self.on_complete is not None:
+            self.on_complete(image)
+
+
+def make_strategy(
+    name: StrategyName | str,
+    images: dict[str, ImageSpec],
+    root,
+    chunks: tuple[int, int] = (256, 256),
+) -> WriteStrategy:
+    """The strategy `name` writing into the Zarr group `root` (same layout for all three)."""
+    try:
+        name = StrategyName(name)
+    except ValueError:
+        known = ", ".join(s.value for s in StrategyName)
+        raise ValueError(f"unknown write strategy '{name}' (known: {known})") from None
+    if name is StrategyName.WRITE_TILES_ZARR:
+        return WriteTilesZarr(images, root, chunks)
+    sink = ZarrImageSink(root, chunks)
+    return (
+        CacheTiles(images, sink) if name is StrategyName.CACHE_TILES else WriteImage(images, sink)
+    )
+
+
+def read_image(root, image: str) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, coverage) of a complete image in a store written by any strategy."""
+    group = root[image]
+    if not group.attrs.get("complete"):
+        raise ValueError(f"image '{image}' in {root.store} is not complete")
+    return group["scores"][...], group["coverage"][...]
+
+
+def iter_batches(items: Iterable, size: int):
+    """Consecutive lists of at most `size` items (the last may be shorter)."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
