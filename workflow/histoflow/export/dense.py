@@ -1,0 +1,172 @@
+"""Slide-scale maps (maps.zarr) to Zarr, HDF5 and NPZ, band by band.
+
+All three carry the same members as maps.zarr (one (H, W, C) float32 array per head
+and `coverage` (H, W) uint16) and its attributes, among them `scale` (level-0 px per
+map px), `mpp` and `slide_mpp`. Zarr and HDF5 are re-chunked into square tiles for
+viewport reads; NPZ has no chunks, so it is refused past a size limit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from histoflow.export import ExportError
+from histoflow.io.atomic import atomic_output
+
+log = logging.getLogger(__name__)
+
+TILE = 256
+REQUIRED_ATTRS = ("scale", "mpp", "slide_mpp", "heads", "shape")
+
+
+@dataclass
+class Maps:
+    """An opened maps.zarr: its arrays by name (heads first, then coverage) and attributes."""
+
+    path: Path
+    arrays: dict
+    attrs: dict
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(int(s) for s in self.attrs["shape"])
+
+    @property
+    def band_rows(self) -> int:
+        """Rows per read: whole source chunks, rounded up to whole output tiles."""
+        src = max(int(a.chunks[0]) for a in self.arrays.values())
+        return max(TILE, -(-src // TILE) * TILE)
+
+    def bands(self, name: str, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        arr = self.arrays[name]
+        rows = rows or self.band_rows
+        for y0 in range(0, arr.shape[0], rows):
+            yield y0, arr[y0 : y0 + rows]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in self.arrays.values())
+
+
+def open_maps(path: str | Path) -> Maps:
+    import zarr
+
+    path = Path(path)
+    try:
+        group = zarr.open_group(store=str(path), mode="r")
+    except (FileNotFoundError, ValueError) as exc:
+        raise ExportError(f"file '{path}': not a readable maps store ({exc})") from exc
+    attrs = dict(group.attrs)
+    missing = [k for k in REQUIRED_ATTRS if k not in attrs]
+    if missing:
+        raise ExportError(f"file '{path}': attribute(s) {', '.join(missing)} missing")
+    names = [h["name"] for h in attrs["heads"]] + ["coverage"]
+    arrays = {}
+    for name in names:
+        if name not in group:
+            raise ExportError(f"file '{path}': array '{name}' missing")
+        arrays[name] = group[name]
+    height, width = (int(s) for s in attrs["shape"])
+    for name, arr in arrays.items():
+        if tuple(arr.shape[:2]) != (height, width):
+            raise ExportError(
+                f"file '{path}': array '{name}' has shape {arr.shape}, attribute shape "
+                f"is {attrs['shape']}"
+            )
+    return Maps(path=path, arrays=arrays, attrs=attrs)
+
+
+def _chunks(arr) -> tuple[int, ...]:
+    h, w = arr.shape[:2]
+    return (max(1, min(TILE, h)), max(1, min(TILE, w)), *arr.shape[2:])
+
+
+def export_zarr(maps_path: str | Path, out_path: str | Path) -> None:
+    """Zarr v3 group, tiled chunks, consolidated metadata."""
+    import zarr
+
+    maps = open_maps(maps_path)
+    with atomic_output(out_path) as tmp:
+        group = zarr.create_group(store=str(tmp), zarr_format=3, attributes=_sorted(maps.attrs))
+        for name, src in maps.arrays.items():
+            dst = group.create_array(
+                name, shape=src.shape, chunks=_chunks(src), dtype=src.dtype, fill_value=0
+            )
+            for y0, block in maps.bands(name):
+                dst[y0 : y0 + block.shape[0]] = block
+        with warnings.catch_warnings():
+            # Zarr warns that consolidated metadata is not yet in the v3 spec; readers
+            # of this store (zarr-python) understand it.
+            warnings.simplefilter("ignore")
+            zarr.consolidate_metadata(str(tmp))
+
+
+def export_hdf5(maps_path: str | Path, out_path: str | Path) -> None:
+    """HDF5 with one tiled, gzip-compressed dataset per map; attributes as in maps.zarr.
+
+    Attributes that are not numbers or strings (model card, heads) are JSON strings.
+    """
+    import h5py
+
+    maps = open_maps(maps_path)
+    with atomic_output(out_path) as tmp, h5py.File(tmp, "w") as f:
+        for key, value in _sorted(maps.attrs).items():
+            f.attrs[key] = _h5_attr(value)
+        for name, src in maps.arrays.items():
+            dst = f.create_dataset(
+                name,
+                shape=src.shape,
+                dtype=src.dtype,
+                chunks=_chunks(src),
+                compression="gzip",
+                compression_opts=4,
+                shuffle=True,
+                fillvalue=0,
+                track_times=False,
+            )
+            for y0, block in maps.bands(name):
+                dst[y0 : y0 + block.shape[0]] = block
+
+
+def export_npz(maps_path: str | Path, out_path: str | Path, max_mb: float) -> None:
+    """NPZ (one member per map, plus `attrs` as a JSON string); refused above `max_mb`.
+
+    np.load decompresses a member whole, so the limit is on the uncompressed size.
+    """
+    from histoflow.export.npz import NpzFile
+
+    maps = open_maps(maps_path)
+    size_mb = maps.nbytes / 1e6
+    if size_mb > max_mb:
+        raise ExportError(
+            f"file '{maps_path}': maps are {size_mb:.0f} MB uncompressed, above "
+            f"config field 'export.npz_max_mb' = {max_mb:g}; NPZ loads whole arrays into "
+            "memory, so use the zarr or hdf5 format for this slide or raise the limit"
+        )
+    with atomic_output(out_path) as tmp, NpzFile(tmp) as npz:
+        for name, src in maps.arrays.items():
+            npz.add_streamed(name, src.shape, src.dtype, (b for _, b in maps.bands(name)))
+        npz.add("attrs", np.array(json.dumps(_sorted(maps.attrs), sort_keys=True)))
+
+
+def _sorted(attrs: dict) -> dict:
+    return json.loads(json.dumps(attrs, sort_keys=True))
+
+
+def _h5_attr(value):
+    if isinstance(value, bool | int | float | str):
+        return value
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    ):
+        return np.asarray(value)
+    return json.dumps(value, sort_keys=True)

@@ -1,0 +1,239 @@
+"""Pyramidal, tiled OME-TIFF heatmap: one channel per head channel (class).
+
+The image is at model resolution (the maps' grid) with the OME PhysicalSizeX/Y set to
+the model mpp, so a viewer that places images by physical size (QuPath, napari,
+OMERO) overlays it on the slide; `scale` (level-0 px per heatmap px) is also in a
+MapAnnotation. Probability heads are stored as uint8 (0-255 for 0-1) by default.
+
+Written band by band: level 0 streams from maps.zarr, and each level's 2x2 mean is
+spilled to a temporary .npy memmap next to the output that feeds the next level, so
+memory holds a few row bands whatever the slide size. tifffile writes no DateTime tag
+unless asked and the OME UUID is derived from the sample, so reruns give identical
+bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from histoflow.export import ExportError
+from histoflow.export.dense import open_maps
+from histoflow.export.instances import parse_color
+from histoflow.io.atomic import atomic_output
+
+log = logging.getLogger(__name__)
+
+PROBABILITY_ACTIVATIONS = ("sigmoid", "softmax")
+HEATMAP_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "histoflow:heatmap")
+
+
+@dataclass(frozen=True)
+class Channel:
+    head: str
+    index: int
+    name: str
+    color: tuple[int, int, int] | None
+
+
+def _head_classes(model: dict, head: str, channels: int) -> list[dict] | None:
+    """Classes of the post-processing task whose probability head is `head`, if they fit."""
+    for task in (model or {}).get("postprocess", []) or []:
+        classes = task.get("classes") or []
+        if (task.get("heads") or {}).get("probability") == head and len(classes) == channels:
+            return classes
+    return None
+
+
+def heatmap_channels(attrs: dict, heads: list[str] | None, dtype: str) -> list[Channel]:
+    """Channels to write: the listed heads, or every probability head when none listed."""
+    by_name = {h["name"]: h for h in attrs["heads"]}
+    if heads:
+        unknown = [h for h in heads if h not in by_name]
+        if unknown:
+            raise ExportError(
+                f"config field 'export.heatmap.heads': unknown head(s) {', '.join(unknown)} "
+                f"(model heads: {', '.join(by_name)})"
+            )
+        chosen = [by_name[h] for h in heads]
+    else:
+        chosen = [h for h in attrs["heads"] if h.get("activation") in PROBABILITY_ACTIVATIONS]
+        if not chosen:
+            raise ExportError(
+                "config field 'export.heatmap.heads': the model has no probability head "
+                "(sigmoid/softmax); list the heads to write and set dtype float32"
+            )
+    out = []
+    for head in chosen:
+        if dtype == "uint8" and head.get("activation") not in PROBABILITY_ACTIVATIONS:
+            raise ExportError(
+                f"config field 'export.heatmap.heads': head '{head['name']}' has activation "
+                f"'{head.get('activation')}', not a probability in 0-1; uint8 would clip it "
+                "(set export.heatmap.dtype to float32)"
+            )
+        n = int(head["channels"])
+        classes = _head_classes(attrs.get("model"), head["name"], n)
+        for c in range(n):
+            if classes:
+                name = f"{head['name']}: {classes[c]['name']}"
+                color = parse_color(classes[c].get("color"), c)
+            else:
+                name = head["name"] if n == 1 else f"{head['name']}[{c}]"
+                color = None
+            out.append(Channel(head["name"], c, name, color))
+    return out
+
+
+def level_shapes(height: int, width: int, tile: int) -> list[tuple[int, int]]:
+    """Level 0 first, halving (rounded up) until the image fits in one tile."""
+    shapes = [(height, width)]
+    while max(shapes[-1]) > tile:
+        h, w = shapes[-1]
+        shapes.append((math.ceil(h / 2), math.ceil(w / 2)))
+    return shapes
+
+
+def pool2(block: np.ndarray) -> np.ndarray:
+    """2x2 mean; an odd last row/column is repeated (edge padding)."""
+    h, w = block.shape
+    padded = np.pad(block, ((0, h % 2), (0, w % 2)), mode="edge")
+    return padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2).mean(axis=(1, 3))
+
+
+def _quantize(block: np.ndarray, dtype: str) -> np.ndarray:
+    block = np.nan_to_num(block.astype(np.float32, copy=False), nan=0.0)
+    if dtype == "uint8":
+        return np.rint(np.clip(block, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return block
+
+
+def _ome_color(rgb: tuple[int, int, int]) -> int:
+    """OME Color: RGBA packed in a signed 32-bit int."""
+    value = (rgb[0] << 24) | (rgb[1] << 16) | (rgb[2] << 8) | 0xFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def export_ometiff(
+    maps_path: str | Path,
+    out_path: str | Path,
+    sample: str,
+    heads: list[str] | None = None,
+    tile: int = 256,
+    dtype: str = "uint8",
+    compression: str = "zlib",
+    threads: int = 1,
+) -> list[Channel]:
+    import tifffile
+
+    if tile % 16:
+        raise ExportError(f"config field 'export.heatmap.tile': {tile} is not a multiple of 16")
+    maps = open_maps(maps_path)
+    attrs = maps.attrs
+    channels = heatmap_channels(attrs, heads, dtype)
+    height, width = maps.shape
+    shapes = level_shapes(height, width, tile)
+    band = -(-maps.band_rows // tile) * tile  # whole tiles, so pooling stays aligned
+    mpp = float(attrs["mpp"])
+    itemsize = np.dtype(dtype).itemsize
+    bigtiff = len(channels) * height * width * itemsize * 4 / 3 > 2**31
+    compression = None if compression == "none" else compression
+
+    metadata = {
+        "axes": "CYX",
+        "UUID": f"urn:uuid:{uuid.uuid5(HEATMAP_NAMESPACE, sample)}",
+        "Name": f"{sample} heatmap",
+        "PhysicalSizeX": mpp,
+        "PhysicalSizeXUnit": "µm",
+        "PhysicalSizeY": mpp,
+        "PhysicalSizeYUnit": "µm",
+        "Channel": {"Name": [c.name for c in channels]},
+        "MapAnnotation": {
+            "Namespace": "histoflow/heatmap",
+            "sample": sample,
+            "scale": repr(float(attrs["scale"])),
+            "slide_mpp": repr(float(attrs["slide_mpp"])),
+            "encoding": "uint8 = round(255 * value)" if dtype == "uint8" else "float32",
+        },
+    }
+    if all(c.color for c in channels):
+        metadata["Channel"]["Color"] = [_ome_color(c.color) for c in channels]
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.levels-") as td,
+        atomic_output(out_path) as tmp,
+        tifffile.TiffWriter(tmp, bigtiff=bigtiff, ome=True) as tif,
+    ):
+        spills: dict[int, list[np.ndarray]] = {}
+        for level in range(1, len(shapes)):
+            spills[level] = [
+                np.lib.format.open_memmap(
+                    Path(td) / f"level{level}-c{i}.npy",
+                    mode="w+",
+                    dtype=np.float32,
+                    shape=shapes[level],
+                )
+                for i in range(len(channels))
+            ]
+
+        def source_bands(level: int, i: int):
+            if level == 0:
+                ch = channels[i]
+                for y0, block in maps.bands(ch.head, rows=band):
+                    yield y0, np.asarray(block[..., ch.index], dtype=np.float32)
+            else:
+                spill = spills[level][i]
+                for y0 in range(0, spill.shape[0], band):
+                    yield y0, np.asarray(spill[y0 : y0 + band])
+
+        def tiles(level: int):
+            w = shapes[level][1]
+            for i in range(len(channels)):
+                nxt = spills.get(level + 1)
+                for y0, block in source_bands(level, i):
+                    if nxt is not None:
+                        pooled = pool2(block)
+                        nxt[i][y0 // 2 : y0 // 2 + pooled.shape[0]] = pooled
+                    q = _quantize(block, dtype)
+                    for ty in range(0, q.shape[0], tile):
+                        for tx in range(0, w, tile):
+                            t = q[ty : ty + tile, tx : tx + tile]
+                            if t.shape != (tile, tile):
+                                t = np.pad(t, ((0, tile - t.shape[0]), (0, tile - t.shape[1])))
+                            yield t
+                if nxt is not None:
+                    nxt[i].flush()
+
+        for level, (h, w) in enumerate(shapes):
+            px = mpp * 2**level
+            tif.write(
+                tiles(level),
+                shape=(len(channels), h, w),
+                dtype=dtype,
+                tile=(tile, tile),
+                photometric="minisblack",
+                compression=compression,
+                resolution=(1e4 / px, 1e4 / px),
+                resolutionunit="CENTIMETER",
+                subifds=len(shapes) - 1 if level == 0 else None,
+                subfiletype=1 if level else 0,
+                metadata=metadata if level == 0 else None,
+                maxworkers=max(1, threads),
+            )
+        spills.clear()  # release the memmaps before their directory goes
+    log.info(
+        "%s: heatmap %dx%d, %d channel(s), %d level(s)",
+        sample,
+        width,
+        height,
+        len(channels),
+        len(shapes),
+    )
+    return channels
