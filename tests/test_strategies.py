@@ -120,14 +120,18 @@ def test_cached_strategies_write_each_image_once_when_complete(cls, seed):
         check_equal_to_untiled(scores, coverage, images[name])
 
 
-@pytest.mark.parametrize("seed", [0, 3])
-def test_write_tiles_zarr_marks_each_image_complete_once(seed):
+@pytest.mark.parametrize(
+    ("seed", "chunks", "cache_chunks"),
+    # Chunks not aligned with tiles and a one-chunk cache force evictions and re-reads.
+    [(0, (TILE, TILE), None), (3, (24, 40), 1), (4, (8, 8), 3)],
+)
+def test_write_tiles_zarr_marks_each_image_complete_once(seed, chunks, cache_chunks):
     images = make_images(seed)
     tiles = tiles_of(images)
     np.random.default_rng(seed).shuffle(tiles)
     root = zarr.create_group(store=zarr.storage.MemoryStore(), zarr_format=3)
     done = []
-    strategy = WriteTilesZarr(specs_of(images, tiles), root, chunks=(TILE, TILE))
+    strategy = WriteTilesZarr(specs_of(images, tiles), root, chunks, cache_chunks=cache_chunks)
     strategy.on_complete = lambda name: done.append((name, root[name].attrs["complete"]))
     last = feed(strategy, tiles, 4)
     assert sorted(n for n, _ in done) == sorted(images)

@@ -21,9 +21,10 @@ twice, is an error, so no image is written twice.
 - `WriteImage`: paste tiles into the image's canvas as they arrive and write the whole
   image once all samples are complete. Memory: one canvas per image in flight, however
   many tiles (whole-sample predictions are just tiles that cover their sample).
-- `WriteTilesZarr`: write each tile straight into a Zarr store created up front; an
-  image's group gets `complete: true` when its last tile lands. Memory: one batch.
-  Tiles must not overlap (the tile grid of `infer_tiles` guarantees it).
+- `WriteTilesZarr`: write tiles straight into a Zarr store created up front, through
+  a write-back cache of a few chunks; an image's group gets `complete: true` when its
+  last tile lands. Memory: the cached chunks (two chunk rows by default), whatever
+  the image size. Tiles must not overlap (the tile grid of `infer_tiles` guarantees it).
 """
 
 from __future__ import annotations
@@ -290,8 +291,82 @@ class ZarrImageSink:
         group.attrs["complete"] = True
 
 
+class _ChunkCache:
+    """Write-back cache of whole chunks of one image's arrays.
+
+    Tiles are much smaller than chunks (a tile-grid map has one cell per tile), and a
+    Zarr write of part of a chunk reads, decodes and rewrites the whole chunk. Pasting
+    into cached chunks and writing each chunk whole when it is evicted makes a
+    row-major tile stream write every chunk once; memory is `max_chunks` chunks.
+    """
+
+    def __init__(self, group, max_chunks: int):
+        self.scores, self.coverage = group["scores"], group["coverage"]
+        self.ch, self.cw = self.scores.chunks[1:3]
+        self.max_chunks = max(1, max_chunks)
+        self._cache: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._stored: set[tuple[int, int, int]] = set()  # evicted at least once
+
+    def _box(self, key):
+        s, i, j = key
+        _, h, w = self.coverage.shape
+        return (
+            s,
+            slice(i * self.ch, min((i + 1) * self.ch, h)),
+            slice(j * self.cw, min((j + 1) * self.cw, w)),
+        )
+
+    def _get(self, key):
+        if key in self._cache:
+            self._cache[key] = self._cache.pop(key)  # most recently used last
+            return self._cache[key]
+        box = self._box(key)
+        if key in self._stored:
+            pair = (self.scores[box], self.coverage[box])
+        else:
+            h, w = box[1].stop - box[1].start, box[2].stop - box[2].start
+            pair = (
+                np.zeros((h, w, self.scores.shape[3]), np.float32),
+                np.zeros((h, w), np.uint8),
+            )
+        self._cache[key] = pair
+        while len(self._cache) > self.max_chunks:
+            self._evict(next(iter(self._cache)))
+        return pair
+
+    def _evict(self, key):
+        scores, coverage = self._cache.pop(key)
+        box = self._box(key)
+        self.scores[box] = scores
+        self.coverage[box] = coverage
+        self._stored.add(key)
+
+    def paste(self, sample: int, y: int, x: int, tile: np.ndarray) -> None:
+        th, tw = tile.shape[:2]
+        for i in range(y // self.ch, (y + th - 1) // self.ch + 1):
+            for j in range(x // self.cw, (x + tw - 1) // self.cw + 1):
+                scores, coverage = self._get((sample, i, j))
+                y0, x0 = max(y, i * self.ch), max(x, j * self.cw)
+                y1 = min(y + th, i * self.ch + scores.shape[0])
+                x1 = min(x + tw, j * self.cw + scores.shape[1])
+                cy, cx = y0 - i * self.ch, x0 - j * self.cw
+                scores[cy : cy + y1 - y0, cx : cx + x1 - x0] = tile[
+                    y0 - y : y1 - y, x0 - x : x1 - x
+                ]
+                coverage[cy : cy + y1 - y0, cx : cx + x1 - x0] = 1
+
+    def flush(self) -> None:
+        while self._cache:
+            self._evict(next(iter(self._cache)))
+
+
 class WriteTilesZarr(WriteStrategy):
-    """Write every tile into `root` (a Zarr group) as it arrives; nothing is cached."""
+    """Write tiles into `root` (a Zarr group) as they arrive, through a small chunk cache.
+
+    The cache holds `cache_chunks` chunks per image in flight (default: two rows of
+    chunks plus two, so a row-major stream writes each chunk exactly once). Chunks
+    never touched are never written, so background costs no disk.
+    """
 
     name = StrategyName.WRITE_TILES_ZARR
 
@@ -301,20 +376,24 @@ class WriteTilesZarr(WriteStrategy):
         root,
         chunks: tuple[int, int] = (256, 256),
         on_complete: Callable[[str], None] | None = None,
+        cache_chunks: int | None = None,
     ):
         super().__init__(images)
         self.root = root
         self.on_complete = on_complete
         self._groups = {k: _create_image_group(root, k, s, chunks) for k, s in images.items()}
+        self._caches = {}
+        for k, group in self._groups.items():
+            per_row = -(-group["coverage"].shape[2] // group["coverage"].chunks[2])
+            self._caches[k] = _ChunkCache(group, cache_chunks or 2 * per_row + 2)
 
     def _take(self, tile, info):
-        group = self._groups[info.image]
-        th, tw = tile.shape[:2]
-        box = (info.sample, slice(info.y, info.y + th), slice(info.x, info.x + tw))
-        group["scores"][box] = tile.astype(np.float32, copy=False)
-        group["coverage"][box] = 1
+        self._caches[info.image].paste(
+            info.sample, info.y, info.x, tile.astype(np.float32, copy=False)
+        )
 
     def _write(self, image, spec):
+        self._caches.pop(image).flush()
         self._groups.pop(image).attrs["complete"] = True
         if self.on_complete is not None:
             self.on_complete(image)
