@@ -17,6 +17,7 @@ def main():
         dtype=opts["dtype"],
         compression=opts["compression"],
         threads=sm.threads,
+        tmpdir=sm.resources.get("tmpdir"),
     )
 
 

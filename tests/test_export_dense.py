@@ -132,7 +132,9 @@ def test_missing_attribute_names_the_file(tmp_path, maps):
 def test_ometiff_pyramid_tiles_and_physical_size(tmp_path, maps, band_limited):
     out = tmp_path / "S1.ome.tif"
     tile = 64
-    channels = ometiff.export_ometiff(maps, out, "S1", tile=tile)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    channels = ometiff.export_ometiff(maps, out, "S1", tile=tile, tmpdir=spill)
     assert band_limited and max(band_limited) < H
     # default: the probability heads (sigmoid nucleus, softmax tissue), not 'energy'
     assert [(c.head, c.index) for c in channels] == [("nucleus", 0), ("tissue", 0), ("tissue", 1)]
@@ -159,6 +161,9 @@ def test_ometiff_pyramid_tiles_and_physical_size(tmp_path, maps, band_limited):
         half = series.levels[1].asarray()
         pooled = np.stack([ometiff.pool2(c) for c in level0])
         np.testing.assert_array_equal(half, np.rint(pooled * 255).astype(np.uint8))
+        # deeper levels: rounded 2x2 means of the level above
+        quarter = series.levels[2].asarray()
+        np.testing.assert_array_equal(quarter, np.stack([ometiff.downsample(c) for c in half]))
         # physical size: OME pixel size and TIFF resolution tags, µm per pixel at each level
         ome = tifffile.xml2dict(tif.ome_metadata)["OME"]
         pixels = ome["Image"]["Pixels"]
@@ -168,7 +173,7 @@ def test_ometiff_pyramid_tiles_and_physical_size(tmp_path, maps, band_limited):
         for k, lvl in enumerate(series.levels):
             num, den = lvl.keyframe.tags["XResolution"].value
             assert 1e4 * den / num == pytest.approx(fx.MPP * 2**k)
-    assert not list(tmp_path.glob(".*"))  # spill files removed
+    assert list(spill.iterdir()) == []  # level spills removed
 
 
 def test_ometiff_float32_and_head_errors(tmp_path, maps):

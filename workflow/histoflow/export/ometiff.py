@@ -5,11 +5,13 @@ the model mpp, so a viewer that places images by physical size (QuPath, napari,
 OMERO) overlays it on the slide; `scale` (level-0 px per heatmap px) is also in a
 MapAnnotation. Probability heads are stored as uint8 (0-255 for 0-1) by default.
 
-Written band by band: level 0 streams from maps.zarr, and each level's 2x2 mean is
-spilled to a temporary .npy memmap next to the output that feeds the next level, so
-memory holds a few row bands whatever the slide size. tifffile writes no DateTime tag
-unless asked and the OME UUID is derived from the sample, so reruns give identical
-bytes.
+Written band by band. TIFF wants level 0 of every channel, then level 1 of every
+channel, and so on; level 0 streams from maps.zarr (one pass per channel), and each
+level's 2x2 mean, already in the output encoding (uint8: 1 byte per pixel), is spilled
+to a temporary .npy memmap (in `tmpdir`) that feeds the next level. Memory holds a few
+row bands whatever the slide size; the spill takes about a third of a level-0 channel
+per channel on disk. tifffile writes no DateTime tag unless asked and the OME UUID is
+derived from the sample, so reruns give identical bytes.
 """
 
 from __future__ import annotations
@@ -106,11 +108,18 @@ def pool2(block: np.ndarray) -> np.ndarray:
     return padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2).mean(axis=(1, 3))
 
 
-def _quantize(block: np.ndarray, dtype: str) -> np.ndarray:
-    block = np.nan_to_num(block.astype(np.float32, copy=False), nan=0.0)
+def encode(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Map values (float) -> stored pixels: uint8 round(255 * p) or float32 as is."""
+    values = np.nan_to_num(values.astype(np.float32, copy=False), nan=0.0)
     if dtype == "uint8":
-        return np.rint(np.clip(block, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return block
+        return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return values
+
+
+def downsample(encoded: np.ndarray) -> np.ndarray:
+    """Next pyramid level from already encoded pixels (uint8: rounded mean)."""
+    pooled = pool2(encoded.astype(np.float32))
+    return np.rint(pooled).astype(np.uint8) if encoded.dtype == np.uint8 else pooled
 
 
 def _ome_color(rgb: tuple[int, int, int]) -> int:
@@ -128,6 +137,7 @@ def export_ometiff(
     dtype: str = "uint8",
     compression: str = "zlib",
     threads: int = 1,
+    tmpdir: str | Path | None = None,
 ) -> list[Channel]:
     import tifffile
 
@@ -167,7 +177,7 @@ def export_ometiff(
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with (
-        tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.levels-") as td,
+        tempfile.TemporaryDirectory(dir=tmpdir, prefix=f"histoflow-{sample}-levels-") as td,
         atomic_output(out_path) as tmp,
         tifffile.TiffWriter(tmp, bigtiff=bigtiff, ome=True) as tif,
     ):
@@ -177,31 +187,33 @@ def export_ometiff(
                 np.lib.format.open_memmap(
                     Path(td) / f"level{level}-c{i}.npy",
                     mode="w+",
-                    dtype=np.float32,
+                    dtype=dtype,
                     shape=shapes[level],
                 )
                 for i in range(len(channels))
             ]
 
-        def source_bands(level: int, i: int):
+        def source_bands(level: int, i: int, pool: bool):
+            """(y0, pixels of the band, its next-level pixels if `pool`)."""
             if level == 0:
                 ch = channels[i]
                 for y0, block in maps.bands(ch.head, rows=band):
-                    yield y0, np.asarray(block[..., ch.index], dtype=np.float32)
+                    values = np.asarray(block[..., ch.index], dtype=np.float32)
+                    # level 1 pools the map values, not the rounded pixels
+                    yield y0, encode(values, dtype), encode(pool2(values), dtype) if pool else None
             else:
                 spill = spills[level][i]
                 for y0 in range(0, spill.shape[0], band):
-                    yield y0, np.asarray(spill[y0 : y0 + band])
+                    pixels = np.asarray(spill[y0 : y0 + band])
+                    yield y0, pixels, downsample(pixels) if pool else None
 
         def tiles(level: int):
             w = shapes[level][1]
+            nxt = spills.get(level + 1)
             for i in range(len(channels)):
-                nxt = spills.get(level + 1)
-                for y0, block in source_bands(level, i):
-                    if nxt is not None:
-                        pooled = pool2(block)
+                for y0, q, pooled in source_bands(level, i, pool=nxt is not None):
+                    if pooled is not None:
                         nxt[i][y0 // 2 : y0 // 2 + pooled.shape[0]] = pooled
-                    q = _quantize(block, dtype)
                     for ty in range(0, q.shape[0], tile):
                         for tx in range(0, w, tile):
                             t = q[ty : ty + tile, tx : tx + tile]
