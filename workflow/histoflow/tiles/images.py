@@ -1,0 +1,117 @@
+"""Images as lists of samples: a slide or plain image is one sample, a multi-page TIFF many.
+
+How pages map to samples: a sample-sheet row names one file (one *image*). A TIFF that
+OpenSlide does not read as a slide and that holds several full-resolution pages (a
+stack of ROIs, a multi-sample export) is one image whose pages are its samples, in
+file order; reduced-resolution pages (TIFF NewSubfileType bit 0) are pyramid levels,
+not samples. Every page is read through the same `Slide.read_region` as a plain
+image, so tiles of page 0 are identical to what `mask_tissue` saw. The sheet `mpp`
+applies to every page (plain images carry no reliable resolution).
+
+The slide reader (`histoflow.slide`) is not changed: `PageSlide` wraps one decoded page
+in `openslide.ImageSlide` and reuses `Slide`'s resampling.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import openslide
+from PIL import Image
+
+from histoflow.errors import SlideError
+from histoflow.slide import Slide, open_slide
+
+log = logging.getLogger(__name__)
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def tiff_sample_pages(path: str | os.PathLike) -> list[int]:
+    """Indices of the full-resolution pages of a TIFF (its samples); [] if not a TIFF."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return [
+                i
+                for i, page in enumerate(tif.pages)
+                # bit 0 of NewSubfileType marks a reduced-resolution copy (pyramid level).
+                if not (int(getattr(page, "subfiletype", 0) or 0) & 1)
+            ]
+    except (tifffile.TiffFileError, OSError, ValueError):
+        return []
+
+
+def is_page_stack(path: str | os.PathLike) -> bool:
+    """True for a TIFF with several full-resolution pages that OpenSlide does not read."""
+    path = Path(path)
+    if path.suffix.lower() not in TIFF_SUFFIXES or not path.is_file():
+        return False
+    if openslide.OpenSlide.detect_format(str(path)) is not None:
+        return False  # a pyramidal (tiled) TIFF or vendor TIFF: one slide
+    return len(tiff_sample_pages(path)) > 1
+
+
+def to_rgb(page: np.ndarray) -> np.ndarray:
+    """A decoded page as RGB uint8: gray is repeated, alpha composited on white, 16 bit scaled."""
+    a = np.asarray(page)
+    if a.dtype == np.uint16:
+        a = (a.astype(np.uint32) * 255 + 32767) // 65535
+    elif a.dtype.kind == "f":
+        a = np.clip(a, 0, 1) * 255 + 0.5
+    a = a.astype(np.uint8)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] not in (3, 4):
+        raise ValueError(f"page of shape {page.shape} is not a gray, RGB or RGBA image")
+    if a.shape[2] == 4:
+        alpha = a[..., 3:4].astype(np.float32) / 255
+        a = (a[..., :3] * alpha + 255 * (1 - alpha) + 0.5).astype(np.uint8)
+    return a
+
+
+class PageSlide(Slide):
+    """One page of a multi-page TIFF behind the `Slide` interface."""
+
+    def __init__(self, rgb: np.ndarray, path, page: int, sample: str | None, mpp: float):
+        # Slide.__init__ opens a file; a page is already decoded, so set up the same
+        # attributes here and keep Slide's geometry and read_region.
+        self.path = Path(path)
+        self.sample = sample
+        self.page = page
+        self.warnings: list[str] = []
+        self._osr = openslide.ImageSlide(Image.fromarray(to_rgb(rgb)))
+        self.format = "tiff-page"
+        if not (mpp is not None and mpp > 0 and math.isfinite(mpp)):
+            raise SlideError(
+                "multi-page TIFF without resolution: set the 'mpp' column for this sample "
+                "in the sample sheet",
+                sample,
+                str(path),
+            )
+        self.mpp, self.mpp_source = float(mpp), "sheet"
+
+
+def open_samples(
+    path: str | os.PathLike, sample: str | None = None, mpp: float | None = None
+) -> list[Slide]:
+    """The samples of one image: [slide] for slides and single images, one per page for stacks."""
+    if not is_page_stack(path):
+        return [open_slide(path, sample=sample, mpp=mpp)]
+    import tifffile
+
+    pages = tiff_sample_pages(path)
+    out = []
+    try:
+        with tifffile.TiffFile(path) as tif:
+            for i in pages:
+                out.append(PageSlide(tif.pages[i].asarray(), path, i, sample, mpp))
+    except (tifffile.TiffFileError, OSError, ValueError) as exc:
+        raise SlideError(f"cannot read TIFF page ({exc})", sample, str(path)) from exc
+    log.info("%s: multi-page TIFF, %d pages are the samples of this image", path, len(out))
+    return out
