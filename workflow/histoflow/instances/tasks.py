@@ -1,0 +1,176 @@
+"""Post-processing tasks read from the model card (`postprocess` list), checked against
+the heads present in maps.zarr, with parameters converted from µm to model pixels."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from histoflow.errors import ModelError
+
+# Head roles each method needs (required, optional).
+ROLES = {
+    "semantic": ({"probability"}, set()),
+    "watershed": ({"probability", "energy"}, {"type"}),
+    "hovernet": ({"probability", "hv"}, {"type"}),
+}
+
+# Parameters each method accepts, with defaults. Lengths in µm, areas in µm².
+DEFAULTS = {
+    "semantic": {
+        "min_area_um2": 0.0,  # regions smaller than this are dropped
+        "min_hole_um2": 0.0,  # holes smaller than this are filled
+        "ignore_classes": [],  # class names not turned into regions (e.g. Background)
+        "simplify_px": 0.5,  # outline simplification tolerance, model pixels
+    },
+    "watershed": {
+        "threshold": 0.5,  # foreground: probability >= threshold
+        "min_area_um2": 10.0,
+        "max_area_um2": None,
+        "min_distance_um": 3.0,  # markers: energy maxima within this radius (square window)
+        "marker_threshold": None,  # markers need energy >= this
+        "smooth_um": 0.0,  # Gaussian sigma applied to energy before finding markers
+        "fill_holes": True,
+        "background_class": None,  # type-head channel never voted for (HoVer-Net: 0)
+        "simplify_px": 0.25,
+    },
+    "hovernet": {
+        "threshold": 0.5,
+        "min_area_um2": 10.0,
+        "max_area_um2": None,
+        "boundary_threshold": 0.15,  # fall of an hv map per pixel that marks a boundary
+        "gradient_sigma_px": 1.0,  # Gaussian derivative scale for the hv gradients
+        "marker_radius_px": 1,  # opening radius that cleans markers
+        "min_marker_um2": 2.5,
+        "fill_holes": True,
+        "background_class": 0,
+        "simplify_px": 0.25,
+    },
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    """One post-processing task, ready to run on windows of the maps."""
+
+    name: str
+    method: str
+    heads: dict[str, str]  # role -> head name in maps.zarr
+    params: dict  # card params merged over DEFAULTS
+    classes: list[dict]  # [{name, color}], index = class_id
+    mpp: float
+    px: dict = field(default_factory=dict)  # derived sizes in model pixels
+
+    @property
+    def kind(self) -> str:
+        return "regions" if self.method == "semantic" else "instances"
+
+    @property
+    def halo(self) -> int:
+        """Pixels of context one output pixel's value depends on (beyond its object)."""
+        p = self.px
+        if self.method == "watershed":
+            return p["min_distance"] + math.ceil(3 * p["smooth_sigma"]) + 1
+        if self.method == "hovernet":
+            return math.ceil(4 * self.params["gradient_sigma_px"]) + p["marker_radius"] + 3
+        return 1
+
+
+def _px(method: str, params: dict, mpp: float) -> dict:
+    area = 1.0 / (mpp * mpp)
+    px = {}
+    for key in ("min_area_um2", "max_area_um2", "min_hole_um2", "min_marker_um2"):
+        if key in params:
+            v = params[key]
+            px[key.removesuffix("_um2")] = None if v is None else float(v) * area
+    if method == "watershed":
+        px["min_distance"] = max(1, round(float(params["min_distance_um"]) / mpp))
+        px["smooth_sigma"] = float(params["smooth_um"]) / mpp
+    if method == "hovernet":
+        px["marker_radius"] = int(params["marker_radius_px"])
+    return px
+
+
+def tasks_from_card(model: dict, channels: dict[str, int], mpp: float) -> list[Task]:
+    """Tasks of the card's `postprocess` list; `channels` maps head name -> channels."""
+    name = model.get("name", "?")
+    entries = model.get("postprocess") or []
+    if not isinstance(entries, list) or not entries:
+        raise ModelError(f"model card '{name}': field 'postprocess' lists no task")
+    tasks, seen, n_semantic = [], set(), 0
+    for i, entry in enumerate(entries):
+        where = f"model card '{name}': postprocess[{i}]"
+        if not isinstance(entry, dict):
+            raise ModelError(f"{where}: must be a mapping")
+        task = str(entry.get("task", ""))
+        if not task or task in seen or "-" in task:
+            raise ModelError(f"{where}.task: need a unique name without '-', got '{task}'")
+        seen.add(task)
+        method = entry.get("method")
+        if method not in ROLES:
+            raise ModelError(f"{where}.method: '{method}' is not one of {', '.join(ROLES)}")
+        n_semantic += method == "semantic"
+        required, optional = ROLES[method]
+        heads = dict(entry.get("heads") or {})
+        missing = sorted(required - heads.keys())
+        unknown = sorted(heads.keys() - required - optional)
+        if missing or unknown:
+            raise ModelError(
+                f"{where}.heads: {method} needs roles {sorted(required)}"
+                + (f" (optional {sorted(optional)})" if optional else "")
+                + f"; missing {missing}, unknown {unknown}"
+            )
+        for role, head in heads.items():
+            if head not in channels:
+                raise ModelError(
+                    f"{where}.heads.{role}: head '{head}' is not in maps.zarr "
+                    f"(heads: {', '.join(sorted(channels))})"
+                )
+        if "hv" in heads and channels[heads["hv"]] != 2:
+            raise ModelError(f"{where}.heads.hv: head '{heads['hv']}' must have 2 channels")
+        classes = entry.get("classes") or []
+        if not classes or not all(isinstance(c, dict) and "name" in c for c in classes):
+            raise ModelError(f"{where}.classes: need a list of {{name, color}}")
+        if len(classes) > 255:
+            raise ModelError(f"{where}.classes: at most 255 classes")
+        for role in ("type",) if "type" in heads else ():
+            if channels[heads[role]] != len(classes):
+                raise ModelError(
+                    f"{where}.heads.type: head '{heads[role]}' has {channels[heads[role]]} "
+                    f"channels but the task lists {len(classes)} classes"
+                )
+        if method == "semantic" and channels[heads["probability"]] != len(classes):
+            raise ModelError(
+                f"{where}.heads.probability: head '{heads['probability']}' has "
+                f"{channels[heads['probability']]} channels but the task lists "
+                f"{len(classes)} classes"
+            )
+        given = dict(entry.get("params") or {})
+        bad = sorted(given.keys() - DEFAULTS[method].keys())
+        if bad:
+            raise ModelError(
+                f"{where}.params: unknown {bad} for {method} "
+                f"(known: {', '.join(sorted(DEFAULTS[method]))})"
+            )
+        params = {**DEFAULTS[method], **given}
+        ignored = set(params.get("ignore_classes") or [])
+        if ignored - {c["name"] for c in classes}:
+            raise ModelError(f"{where}.params.ignore_classes: {sorted(ignored)} not all classes")
+        bg = params.get("background_class")
+        if bg is not None and not 0 <= int(bg) < len(classes):
+            raise ModelError(f"{where}.params.background_class: {bg} is not a class index")
+        tasks.append(
+            Task(
+                name=task,
+                method=method,
+                heads=heads,
+                params=params,
+                classes=[{"name": str(c["name"]), "color": c.get("color")} for c in classes],
+                mpp=float(mpp),
+                px=_px(method, params, float(mpp)),
+            )
+        )
+    if n_semantic > 1:
+        # classmap.zarr holds one (H, W) class map (CONTRACTS.md).
+        raise ModelError(f"model card '{name}': at most one semantic task, got {n_semantic}")
+    return tasks
