@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,6 +132,37 @@ class RawPatches:
         """Head outputs of patches [start, stop) as (k, h, w, C) arrays, in the stored dtype."""
         return {name: np.asarray(arr[start:stop]) for name, arr in self.heads.items()}
 
-    def batches(self, row: PatchRow, batch: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-        for a in range(row.start, row.stop, batch):
-            yield a, self.read(a, min(a + batch, row.stop))
+
+class BatchReader:
+    """Head outputs of each grid row in batches of at most `batch` patches. With
+    `prefetch`, the next batch (possibly of the next row) is decoded in a background
+    thread while the current one is merged; at most one batch is read ahead."""
+
+    def __init__(self, raw: RawPatches, batch: int, prefetch: bool = False):
+        self.raw = raw
+        self.ranges = [
+            (a, min(a + batch, row.stop))
+            for row in raw.rows
+            for a in range(row.start, row.stop, batch)
+        ]
+        self.index = {a: k for k, (a, _) in enumerate(self.ranges)}
+        self.batch = batch
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="raw-reader") if prefetch else None
+        self.pending: dict[int, Future] = {}
+
+    def _get(self, k: int) -> dict[str, np.ndarray]:
+        nxt = k + 1
+        if self.pool is not None and nxt < len(self.ranges) and nxt not in self.pending:
+            self.pending[nxt] = self.pool.submit(self.raw.read, *self.ranges[nxt])
+        future = self.pending.pop(k, None)
+        return future.result() if future is not None else self.raw.read(*self.ranges[k])
+
+    def row(self, row: PatchRow) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        for a in range(row.start, row.stop, self.batch):
+            yield a, self._get(self.index[a])
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+        self.pending.clear()

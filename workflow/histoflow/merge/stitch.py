@@ -23,7 +23,7 @@ from histoflow.errors import ConfigError
 from histoflow.io.atomic import atomic_output
 from histoflow.merge.canvas import Canvas, MemoryStorage, Region, ZarrStorage, canvas_nbytes
 from histoflow.merge.memory import MB, MemoryPolicy, SpillCache
-from histoflow.merge.raw import RawPatches, RawStoreError
+from histoflow.merge.raw import BatchReader, RawPatches, RawStoreError
 from histoflow.merge.writer import COMPRESSIONS, COVERAGE, MapWriter
 
 log = logging.getLogger(__name__)
@@ -112,8 +112,9 @@ def _row_tops(raw: RawPatches, boxes: np.ndarray, valid: np.ndarray) -> np.ndarr
 
 
 class _Merger:
-    def __init__(self, raw, writer, policy, cache, options, stats):
+    def __init__(self, raw, reader, writer, policy, cache, options, stats):
         self.raw = raw
+        self.reader = reader
         self.writer = writer
         self.policy = policy
         self.cache = cache
@@ -155,9 +156,14 @@ class _Merger:
                 ys = slice(part.y0 - block.y0, part.y1 - block.y0)
                 xs = slice(part.x0 - block.x0, part.x1 - block.x0)
                 c = count[ys, xs]
-                covered = (c > 0)[..., None]
+                # Uncovered pixels have sum 0, so dividing by max(count, 1) gives 0 there
+                # without a masked (slow) divide.
+                divisor = np.maximum(c, 1).astype(np.float32)
                 for name, s in sums.items():
-                    np.divide(s[ys, xs], c[..., None], out=views[name], where=covered)
+                    if s.shape[-1] == 1:  # a length-1 broadcast axis makes numpy crawl
+                        np.divide(s[ys, xs, 0], divisor, out=views[name][..., 0])
+                    else:
+                        np.divide(s[ys, xs], divisor[..., None], out=views[name])
                 views[COVERAGE][...] = c
 
     def run(self, progress: bool) -> None:
@@ -215,7 +221,7 @@ class _Merger:
 
     def add_row(self, band: Canvas, row, boxes, valid, bar) -> None:
         raw = self.raw
-        for start, batch in raw.batches(row, self.options.read_batch):
+        for start, batch in self.reader.row(row):
             n = len(next(iter(batch.values())))
             for i in range(start, start + n):
                 if not valid[i]:
@@ -223,9 +229,9 @@ class _Merger:
                 x0, y0, x1, y1 = (int(v) for v in boxes[i])
                 bx0, by0 = (int(v) for v in raw.boxes[i, :2])
                 ys, xs = slice(y0 - by0, y1 - by0), slice(x0 - bx0, x1 - bx0)
-                values = {
-                    name: arr[i - start, ys, xs].astype(np.float32) for name, arr in batch.items()
-                }
+                # float16 -> float32 is exact, so adding the stored dtype (numpy casts
+                # on the fly) equals adding a float32 copy, without the copy.
+                values = {name: arr[i - start, ys, xs] for name, arr in batch.items()}
                 band.add_patch(Region(y0, y1, x0, x1), values)
                 self.stats.patches += 1
             bar.update(n)
@@ -284,10 +290,14 @@ def merge_patches(
                 compression=options.compression,
                 background=threads >= 2,
             )
+            # With 2+ threads, decoding the next raw batch and encoding the last output
+            # chunk overlap with the accumulation.
+            reader = BatchReader(raw, options.read_batch, prefetch=threads >= 2)
             try:
-                _Merger(raw, writer, policy, cache, options, stats).run(progress)
+                _Merger(raw, reader, writer, policy, cache, options, stats).run(progress)
                 writer.close()
             finally:
+                reader.close()
                 writer.abort()
             stats.chunks_written = writer.chunks_written
     finally:
