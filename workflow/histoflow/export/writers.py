@@ -48,6 +48,14 @@ COORDS_ATTRS = (
     "target_magnification",
     "overlap",
     "name",
+    # Resolution and slide size: TRIDENT-style mpp/width/height, CLAM's level_dim and
+    # downsample ([x, y] arrays).
+    "target_mpp",
+    "level0_mpp",
+    "level0_width",
+    "level0_height",
+    "level_dim",
+    "downsample",
 )
 
 
@@ -332,6 +340,12 @@ class HDF5Writer(PredictionWriter):
             value = self.metadata.get(key)
             if isinstance(value, bool | int | float | str):
                 self._coords.attrs[key] = value
+            elif (
+                isinstance(value, list | tuple)
+                and value
+                and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+            ):
+                self._coords.attrs[key] = np.asarray(value)
         f.close()
 
     def _abort_backend(self) -> None:
