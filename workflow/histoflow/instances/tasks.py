@@ -70,9 +70,11 @@ class Task:
         """Pixels of context one output pixel's value depends on (beyond its object)."""
         p = self.px
         if self.method == "watershed":
-            return p["min_distance"] + math.ceil(3 * p["smooth_sigma"]) + 1
+            # scipy truncates Gaussians at 4 sigma
+            return p["min_distance"] + math.ceil(4 * p["smooth_sigma"]) + 1
         if self.method == "hovernet":
-            return math.ceil(4 * self.params["gradient_sigma_px"]) + p["marker_radius"] + 3
+            # gradients (4 sigma), marker opening (2 radii), surface blur (4 px)
+            return math.ceil(4 * self.params["gradient_sigma_px"]) + 2 * p["marker_radius"] + 5
         return 1
 
 
