@@ -16,6 +16,7 @@ include: "workflow/rules/merge.smk"
 include: "workflow/rules/instances.smk"
 include: "workflow/rules/export.smk"
 include: "workflow/rules/cohort.smk"
+include: "workflow/rules/tiles.smk"
 
 
 localrules:

@@ -201,3 +201,25 @@ def build_tile_model(card: TileCard):
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     return model.eval()
+
+
+def model_files(spec: str) -> list[str]:
+    """The card file and its weights file, for rule inputs (rerun when they change).
+
+    Never raises: built-in cards give [], missing files are left out, and the job then
+    fails with a message naming the file.
+    """
+    if str(spec).startswith("builtin:"):
+        return []
+    card = Path(spec)
+    if not card.is_file():
+        return []
+    files = [str(card)]
+    try:
+        source = (yaml.safe_load(card.read_text()) or {}).get("source") or {}
+        rel = source.get("torchscript") or source.get("weights")
+    except (yaml.YAMLError, AttributeError):
+        rel = None
+    if isinstance(rel, str) and (card.parent / rel).is_file():
+        files.append(str(card.parent / rel))
+    return files
