@@ -124,7 +124,13 @@ class ZarrStorage:
         for name, (shape, dtype) in shapes.items():
             chunks = (max(1, shape[0]), max(1, min(shape[1], chunk_cols)), *shape[2:])
             self.arrays[name] = group.create_array(
-                name, shape=shape, dtype=dtype, chunks=chunks, compressors=None, fill_value=0
+                name,
+                shape=shape,
+                dtype=dtype,
+                chunks=chunks,
+                compressors=None,
+                fill_value=0,
+                config={"write_empty_chunks": True},  # skip zarr's slow emptiness scan
             )
 
     def block_shape(self, height: int, width: int) -> tuple[int, int]:

@@ -24,7 +24,7 @@ from histoflow.io.atomic import atomic_output
 from histoflow.merge.canvas import Canvas, MemoryStorage, Region, ZarrStorage, canvas_nbytes
 from histoflow.merge.memory import MB, MemoryPolicy, SpillCache
 from histoflow.merge.raw import BatchReader, RawPatches, RawStoreError
-from histoflow.merge.writer import COMPRESSIONS, COVERAGE, MapWriter
+from histoflow.merge.writer import COMPRESSIONS, COVERAGE, MapWriter, blosc_threads
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +279,7 @@ def merge_patches(
     try:
         with (
             zarr.config.set({"threading.max_workers": max(1, int(threads))}),
+            blosc_threads(int(threads)),
             atomic_output(out_path) as tmp,
         ):
             writer = MapWriter(
