@@ -17,8 +17,9 @@ float32); patch-geometry keys of the metadata (`patch_size`, `patch_level`, ...)
 copied onto `coords` as attributes, where those tools look for them.
 
 Zarr and HDF5 preallocate N rows in `open` and receive rows in chunk-sized blocks
-(a small buffer), so memory stays bounded; NPZ has no partial write, so it holds the
-rows and writes on `close`. Every writer writes to a temporary sibling and renames on
+(a small buffer), so memory stays bounded; NPZ has no partial write, so it spills the
+rows to temporary files next to the output and streams them into the archive on
+`close` (memory stays bounded there too). Every writer writes to a temporary sibling and renames on
 `close`; an exception inside `with writer:` leaves nothing behind.
 """
 
@@ -359,30 +360,51 @@ class NPZWriter(PredictionWriter):
         self._store_gene_names(input_genes, output_genes)
 
     def _open_backend(self) -> None:
-        self._blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        import tempfile
+
+        # Rows go to raw spill files, not memory: 100k tiles x 1024 floats would be 400 MB.
+        self._spill_dir = tempfile.TemporaryDirectory(
+            dir=self._tmp.parent, prefix=f".{self.path.name}.spill-"
+        )
+        spill = Path(self._spill_dir.name)
+        self._spills = [open(spill / n, "wb") for n in ("features", "coords", "ratio")]
 
     def _write_rows(self, start, features, coords, ratio) -> None:
-        self._blocks.append((features.copy(), coords.copy(), ratio.copy()))
+        for fh, rows in zip(self._spills, (features, coords, ratio)):
+            fh.write(np.ascontiguousarray(rows).tobytes())
 
     def _close_backend(self) -> None:
         from histoflow.export.npz import NpzFile
 
-        def stacked(i, empty):
-            return np.concatenate([b[i] for b in self._blocks]) if self._blocks else empty
+        for fh in self._spills:
+            fh.close()
+        n, d = self.count, self.embedding_dim
+        spill = Path(self._spill_dir.name)
 
-        d = self.embedding_dim
-        with NpzFile(self._tmp) as npz:
-            npz.add("features", stacked(0, np.zeros((0, d), np.float32)))
-            npz.add("coords", stacked(1, np.zeros((0, 2), np.int64)))
-            npz.add("tissue_ratio", stacked(2, np.zeros(0, np.float32)))
-            if self.thumbnail is not None:
-                npz.add("thumbnail", self.thumbnail)
-            if self.tissue_mask is not None:
-                npz.add("tissue_mask", self.tissue_mask)
-            for name, genes in self._genes().items():
-                npz.add(name, np.array(genes, dtype=str))
-            npz.add("metadata", np.array(metadata_json(self.metadata)))
-        self._blocks = []
+        def blocks(name, dtype, width):
+            with open(spill / name, "rb") as fh:
+                while chunk := fh.read(self.chunk_rows * width * np.dtype(dtype).itemsize):
+                    yield np.frombuffer(chunk, dtype)
+
+        try:
+            with NpzFile(self._tmp) as npz:
+                npz.add_streamed("features", (n, d), np.float32, blocks("features", np.float32, d))
+                npz.add_streamed("coords", (n, 2), np.int64, blocks("coords", np.int64, 2))
+                npz.add_streamed("tissue_ratio", (n,), np.float32, blocks("ratio", np.float32, 1))
+                if self.thumbnail is not None:
+                    npz.add("thumbnail", self.thumbnail)
+                if self.tissue_mask is not None:
+                    npz.add("tissue_mask", self.tissue_mask)
+                for name, genes in self._genes().items():
+                    npz.add(name, np.array(genes, dtype=str))
+                npz.add("metadata", np.array(metadata_json(self.metadata)))
+        finally:
+            self._spill_dir.cleanup()
+
+    def _abort_backend(self) -> None:
+        for fh in self._spills:
+            fh.close()
+        self._spill_dir.cleanup()
 
 
 WRITERS: dict[OutputFormat, type[PredictionWriter]] = {
