@@ -8,6 +8,8 @@ progress bars) to the rule's log file.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import sys
 from pathlib import Path
 
@@ -34,6 +36,9 @@ def setup(snakemake) -> logging.Logger:
     log = logging.getLogger(f"histoflow.{snakemake.rule}")
     sample = getattr(snakemake.wildcards, "sample", None)
     log.info("rule %s%s", snakemake.rule, f" sample {sample}" if sample else "")
+    if os.environ.get("SLURM_JOB_ID"):
+        # Ties the log to the cluster's records (sacct -j / seff).
+        log.info("SLURM job %s on %s", os.environ["SLURM_JOB_ID"], socket.gethostname())
     return log
 
 

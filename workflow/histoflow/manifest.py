@@ -422,3 +422,30 @@ def compare_trees(
         else:
             verdicts[rel] = "DIFFERS (decoded content)"
     return verdicts
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m histoflow.manifest compare OLD NEW`: exit 1 if any result differs."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m histoflow.manifest")
+    sub = parser.add_subparsers(dest="command", required=True)
+    cmp = sub.add_parser("compare", help="compare two results folders")
+    cmp.add_argument("first")
+    cmp.add_argument("second")
+    args = parser.parse_args(argv)
+    verdicts = compare_trees(args.first, args.second)
+    bad = 0
+    for path, verdict in verdicts.items():
+        print(f"{verdict}\t{path}")
+        bad += verdict.startswith(("DIFFERS", "MISSING"))
+    counts = {v: sum(x == v for x in verdicts.values()) for v in ("bytes", "decoded", "ignored")}
+    print(
+        f"{len(verdicts)} files: {counts['bytes']} identical bytes, {counts['decoded']} equal "
+        f"decoded, {counts['ignored']} run records ignored, {bad} different"
+    )
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
