@@ -67,3 +67,14 @@ def get_sample_mpp(wildcards):
     # Cast: a numpy scalar would be ignored by the params rerun trigger.
     mpp = sample_row(wildcards)["mpp"]
     return float(mpp) if mpp else None
+
+
+def get_model_files(wildcards):
+    # A card given as a path (and the TorchScript/weights file it names) is an input,
+    # so replacing the model reruns inference; built-in cards live in the package.
+    spec = config["model"]["card"]
+    if spec.startswith("builtin:") or not Path(spec).is_file():
+        return []
+    from histoflow.models.card import load_card
+
+    return [str(p) for p in load_card(spec).files()]

@@ -1,0 +1,31 @@
+"""infer_patches: run the model card's model over the tissue patches of one slide."""
+
+import _common
+
+
+def main():
+    import torch
+    from histoflow.inference.runner import InferenceOptions, run_inference
+    from histoflow.models.card import load_card
+    from histoflow.models.loader import load_model
+    from histoflow.tissue import read_mask
+
+    sm = snakemake  # noqa: F821 - injected by Snakemake
+    torch.set_num_threads(max(1, sm.threads))
+    card = load_card(sm.params.card)
+    model = load_model(card)
+    mask, mask_meta = read_mask(sm.input.mask, sm.input.mask_meta)
+    run_inference(
+        sm.params.slide,
+        card,
+        model,
+        sm.output.raw,
+        InferenceOptions.from_config(dict(sm.params.options)),
+        sample=sm.wildcards.sample,
+        mpp_override=sm.params.mpp,
+        mask=mask,
+        mask_meta=mask_meta,
+    )
+
+
+_common.run(snakemake, main)  # noqa: F821

@@ -1,0 +1,1 @@
+"""Patch inference: the patch grid, the patch dataset and the batched runner."""

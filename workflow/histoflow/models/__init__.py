@@ -1,0 +1,1 @@
+"""Dense models: cards (YAML), the built-in model, and loading of TorchScript and entry points."""

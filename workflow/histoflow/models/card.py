@@ -1,0 +1,134 @@
+"""Model cards: load, validate against workflow/schemas/model_card.schema.yaml, resolve files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from histoflow.config import DefaultingValidator, load_schema
+from histoflow.errors import ModelError
+
+BUILTIN_CARDS = Path(__file__).resolve().parent / "cards"
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in BUILTIN_CARDS.glob("*.yaml"))
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    card: dict  # validated, defaults filled; goes into raw.zarr attrs
+    path: Path  # the card file (relative sources resolve against its folder)
+
+    @property
+    def name(self) -> str:
+        return self.card["name"]
+
+    @property
+    def heads(self) -> list[dict]:
+        return self.card["heads"]
+
+    @property
+    def mpp(self) -> float:
+        return float(self.card["mpp"])
+
+    @property
+    def patch_input(self) -> tuple[int, int]:
+        return tuple(self.card["patch_input"])
+
+    @property
+    def patch_output(self) -> tuple[int, int]:
+        return tuple(self.card["patch_output"])
+
+    def file(self, key: str) -> Path | None:
+        value = self.card["source"].get(key)
+        return None if value is None else (self.path.parent / value).resolve()
+
+    def files(self) -> list[Path]:
+        """The card and the files it points to (inputs of the inference rule)."""
+        return [self.path] + [p for k in ("torchscript", "weights") if (p := self.file(k))]
+
+    def weights_sha256(self) -> str | None:
+        path = self.file("torchscript") or self.file("weights")
+        return sha256_file(path) if path else None
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_card_path(spec: str) -> Path:
+    """`builtin:<name>` or a path to a card YAML -> the card file."""
+    if spec.startswith("builtin:"):
+        name = spec.split(":", 1)[1]
+        path = BUILTIN_CARDS / f"{name}.yaml"
+        if not path.is_file():
+            raise ModelError(
+                f"config field 'model.card': unknown built-in model '{name}' "
+                f"(built-in: {', '.join(builtin_names())})"
+            )
+        return path
+    path = Path(spec)
+    if not path.is_file():
+        raise ModelError(
+            f"config field 'model.card': model card '{spec}' not found "
+            f"(give a card YAML path or builtin:<name>; built-in: {', '.join(builtin_names())})"
+        )
+    return path
+
+
+def load_card(spec: str) -> ModelCard:
+    path = resolve_card_path(spec)
+    try:
+        card = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ModelError(f"model card '{path}' is not valid YAML: {exc}") from exc
+    if not isinstance(card, dict):
+        raise ModelError(f"model card '{path}' must be a mapping")
+    errors = sorted(
+        DefaultingValidator(load_schema("model_card.schema.yaml")).iter_errors(card),
+        key=lambda e: list(e.path),
+    )
+    if errors:
+        e = errors[0]
+        field = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise ModelError(f"model card '{path}': field '{field}': {e.message}")
+    _check_consistency(card, path)
+    for key in ("torchscript", "weights"):
+        value = card["source"].get(key)
+        if value and not (path.parent / value).is_file():
+            raise ModelError(f"model card '{path}': field 'source.{key}': file '{value}' not found")
+    return ModelCard(card=card, path=path.resolve())
+
+
+def _check_consistency(card: dict, path: Path) -> None:
+    heads = {h["name"]: h for h in card["heads"]}
+    if len(heads) != len(card["heads"]):
+        raise ModelError(f"model card '{path}': field 'heads': head names must be unique")
+    (ih, iw), (oh, ow) = card["patch_input"], card["patch_output"]
+    if oh > ih or ow > iw or (ih - oh) % 2 or (iw - ow) % 2:
+        raise ModelError(
+            f"model card '{path}': field 'patch_output': {card['patch_output']} must fit centred "
+            f"in patch_input {card['patch_input']} (equal margins on both sides)"
+        )
+    for i, task in enumerate(card.get("postprocess", [])):
+        for role, head in task["heads"].items():
+            if head not in heads:
+                raise ModelError(
+                    f"model card '{path}': field 'postprocess.{i}.heads.{role}': "
+                    f"no head named '{head}' (heads: {', '.join(heads)})"
+                )
+    sources = [k for k in ("builtin", "torchscript", "entrypoint") if k in card["source"]]
+    if len(sources) != 1:
+        raise ModelError(
+            f"model card '{path}': field 'source': give exactly one of builtin, torchscript, "
+            f"entrypoint (got {', '.join(sources) or 'none'})"
+        )

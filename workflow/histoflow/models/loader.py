@@ -1,0 +1,124 @@
+"""Build the nn.Module a card describes and check it against the card on one dummy batch.
+
+Sources: `builtin` (histoflow.models.hed, no weights), `torchscript` (torch.jit.load:
+no pickle), `entrypoint` (`module:function` returning an nn.Module; optional weights
+loaded with torch.load(weights_only=True), so a file that needs arbitrary unpickling
+is refused). Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+
+import torch
+from torch import nn
+
+from histoflow.errors import ModelError
+from histoflow.models.card import ModelCard
+from histoflow.models.hed import BUILTINS
+
+
+def build_model(card: ModelCard) -> nn.Module:
+    source = card.card["source"]
+    if "builtin" in source:
+        name = source["builtin"]
+        if name not in BUILTINS:
+            raise ModelError(
+                f"model card '{card.path}': field 'source.builtin': unknown built-in model "
+                f"'{name}' (built-in: {', '.join(sorted(BUILTINS))})"
+            )
+        model = BUILTINS[name]()
+    elif "torchscript" in source:
+        path = card.file("torchscript")
+        try:
+            model = torch.jit.load(str(path), map_location="cpu")
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ModelError(f"TorchScript file '{path}' cannot be loaded: {exc}") from exc
+    else:
+        model = _from_entrypoint(card)
+    return model.eval()
+
+
+def _from_entrypoint(card: ModelCard) -> nn.Module:
+    spec = card.card["source"]["entrypoint"]
+    module_name, func_name = spec.split(":")
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(
+            f"model card '{card.path}': field 'source.entrypoint': cannot import '{spec}' ({exc})"
+        ) from exc
+    model = func()
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"entry point '{spec}' returned {type(model).__name__}, not nn.Module")
+    weights = card.file("weights")
+    if weights:
+        try:
+            state = torch.load(str(weights), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise ModelError(
+                f"weights file '{weights}' needs arbitrary unpickling, which histoflow refuses "
+                "(save a plain state_dict of tensors with torch.save(model.state_dict(), ...))"
+            ) from exc
+        except (RuntimeError, EOFError, OSError, ValueError) as exc:
+            raise ModelError(
+                f"weights file '{weights}' is not a readable torch file: {exc}"
+            ) from exc
+        if not isinstance(state, dict):
+            raise ModelError(
+                f"weights file '{weights}' holds {type(state).__name__}, not a state dict"
+            )
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ModelError(f"weights file '{weights}' does not fit '{spec}': {exc}") from exc
+    return model
+
+
+def outputs_by_head(card: ModelCard, out) -> dict[str, torch.Tensor]:
+    """A model's output (dict, tuple/list in card head order, or one tensor) by head name."""
+    names = [h["name"] for h in card.heads]
+    if isinstance(out, dict):
+        missing = [n for n in names if n not in out]
+        if missing:
+            raise ModelError(
+                f"model '{card.name}' returned heads {sorted(out)}, card '{card.path}' "
+                f"field 'heads' expects {names}"
+            )
+        return {n: out[n] for n in names}
+    if isinstance(out, torch.Tensor):
+        out = [out]
+    if len(out) != len(names):
+        raise ModelError(
+            f"model '{card.name}' returned {len(out)} outputs, card '{card.path}' field 'heads' "
+            f"lists {len(names)}"
+        )
+    return dict(zip(names, out))
+
+
+def check_against_card(card: ModelCard, model: nn.Module) -> None:
+    """Run one dummy batch and compare each head's shape with the card."""
+    h, w = card.patch_input
+    with torch.inference_mode():
+        try:
+            out = model(torch.full((1, 3, h, w), 0.5))
+        except Exception as exc:  # any failure of a user model on a valid batch
+            raise ModelError(
+                f"model '{card.name}' failed on a dummy batch of shape (1, 3, {h}, {w}) from "
+                f"card '{card.path}' field 'patch_input': {exc}"
+            ) from exc
+    oh, ow = card.patch_output
+    for i, (name, tensor) in enumerate(outputs_by_head(card, out).items()):
+        want = (1, card.heads[i]["channels"], oh, ow)
+        if tuple(tensor.shape) != want:
+            raise ModelError(
+                f"model '{card.name}' head '{name}' gives shape {tuple(tensor.shape)}, but card "
+                f"'{card.path}' says {want} (fields 'heads.{i}.channels' and 'patch_output')"
+            )
+
+
+def load_model(card: ModelCard) -> nn.Module:
+    model = build_model(card)
+    check_against_card(card, model)
+    return model
