@@ -3,11 +3,7 @@
 from histoflow.merge import resources as merge_resources
 
 
-def merge_targets(sample):
-    return [f"results/{sample}/merge/maps.zarr"]
-
-
-STAGE_TARGETS["merge"] = merge_targets
+STAGE_TARGETS["merge"] = ["results/{sample}/merge/maps.zarr"]
 
 
 def merge_band_rows():
