@@ -43,7 +43,7 @@ class HedNuclei(nn.Module):
         self,
         sigma_prob: float = 1.0,
         sigma_energy: float = 3.0,
-        threshold: float = 0.06,
+        threshold: float = 0.08,
         softness: float = 0.01,
         crop: int = 16,
     ):
