@@ -133,9 +133,9 @@ def test_stain_classes_on_the_demo_slide(demo_slide):
 
 def test_builtin_cards_load_and_are_scriptable(tmp_path):
     cards = builtin_cards()
-    assert {"builtin:stain-stats", "builtin:stain-classes"} <= set(cards)
+    assert set(cards) == {"builtin:stain_stats", "builtin:stain_classes"}
     x = torch.rand(3, 3, 224, 224)
-    for name in ("builtin:stain-stats", "builtin:stain-classes"):
+    for name in ("builtin:stain_stats", "builtin:stain_classes"):
         card = load_tile_card(name)
         model = build_tile_model(card)
         out = model(x)
@@ -150,20 +150,28 @@ def test_builtin_cards_load_and_are_scriptable(tmp_path):
 
 
 def test_bad_cards_name_the_field(tmp_path):
-    card = load_tile_card("builtin:stain-classes").card
+    card = load_tile_card("builtin:stain_classes").card
     for field, change in [
-        ("kind", {"kind": "dense"}),
-        ("output.classes", {"output": {**card["output"], "classes": ["a"]}}),
+        ("output.classes", {"output": {**card["output"], "classes": [{"name": "a"}]}}),
         ("output.type", {"output": {**card["output"], "type": "map"}}),
+        ("patch_input", {"patch_input": [224, 112]}),
         ("source", {"source": {}}),
+        ("source.torchscript", {"source": {"torchscript": "x.pt"}}),
     ]:
         (tmp_path / "c.yaml").write_text(yaml.safe_dump({**card, **change}))
         with pytest.raises(ModelError, match=f"field '{field}'"):
             load_tile_card(tmp_path / "c.yaml")
-    with pytest.raises(ModelError, match="builtin:nope.*not found.*builtin:stain-stats"):
+    with pytest.raises(ModelError, match="field 'kind'.*needs a tile model"):
+        load_tile_card("builtin:hed_nuclei")  # a dense card
+    with pytest.raises(ModelError, match="'builtin:nope' not found.*builtin:stain_stats"):
         load_tile_card("builtin:nope")
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**card, "source": {"torchscript": "x.pt"}}))
-    with pytest.raises(ModelError, match="x.pt' not found"):
+
+
+def test_model_not_matching_its_card_is_refused(tmp_path):
+    torch.jit.script(StainStats()).save(tmp_path / "m.pt")
+    card = {**load_tile_card("builtin:stain_classes").card, "source": {"torchscript": "m.pt"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(card))
+    with pytest.raises(ModelError, match=r"gives \(2, 12\).*'output.dim' says \(2, 3\)"):
         build_tile_model(load_tile_card(tmp_path / "c.yaml"))
 
 

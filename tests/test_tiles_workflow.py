@@ -85,7 +85,7 @@ def cohort(tmp_path_factory, demo_slide):
     models = work / "models"
     models.mkdir()
     torch.jit.script(StainClasses()).save(models / "classes.pt")
-    card = {**load_tile_card("builtin:stain-classes").card, "name": "ts-classes"}
+    card = {**load_tile_card("builtin:stain_classes").card, "name": "ts-classes"}
     card["source"] = {"torchscript": "classes.pt"}
     (models / "classes.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
     samples = [{"sample": "CMU", "path": demo_slide}]

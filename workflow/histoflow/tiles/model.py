@@ -1,60 +1,39 @@
 """Tile-model cards (kind `tile`) and the modules they describe.
 
 A tile model maps a batch of RGB tiles (B, 3, h, w) to one vector per tile (B, D). The
-card says what the D values are (`output.type`: `classifier` with `classes`, or
-`embedding`) and, for expression-predicting models, which genes go in and come out
-(`output.genes.input` / `.output`, Ensembl IDs). See workflow/CONTRACTS.md.
+card (workflow/schemas/model_card.schema.yaml, shared with dense models) says what the
+D values are: `output.type` `classifier` with `classes`, or `embedding` (optional
+`names`); expression-predicting models list their genes in `output.genes.input` and
+`.output` (Ensembl IDs). See workflow/CONTRACTS.md.
 
-Sources: `builtin` (histoflow.tiles.default_model, no weights), `torchscript` (a file
-next to the card, loaded with torch.jit.load: no pickle), `entrypoint`
-(`module:function` returning an nn.Module, optional `weights` loaded with
-`torch.load(weights_only=True)`). No code downloads weights.
+Sources: `builtin` (histoflow.tiles.default_model, no weights; cards in tiles/cards/),
+`torchscript` and `entrypoint` (+ `weights`), built by the models package's loader
+(no pickle, no downloads).
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from histoflow.config import DefaultingValidator, load_schema
 from histoflow.errors import ModelError
+from histoflow.models.card import ModelCard, resolve_card_path
 
 CARDS = Path(__file__).resolve().parent / "cards"
-OUTPUT_TYPES = ("classifier", "embedding")
 
 
 def builtin_cards() -> dict[str, Path]:
-    """Card name (`builtin:<name>`) -> card file, for the built-in tile models."""
-    out = {}
-    for path in sorted(CARDS.glob("*.yaml")):
-        out[yaml.safe_load(path.read_text())["name"]] = path
-    return out
+    """`builtin:<name>` -> card file, for the built-in tile models."""
+    return {f"builtin:{p.stem}": p for p in sorted(CARDS.glob("*.yaml"))}
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-@dataclass
-class TileCard:
-    card: dict  # the card as written (goes into metadata)
-    path: Path  # the card file
-
-    @property
-    def name(self) -> str:
-        return self.card["name"]
-
-    @property
-    def mpp(self) -> float:
-        return float(self.card["mpp"])
+@dataclass(frozen=True)
+class TileCard(ModelCard):
+    """A validated card of kind `tile` (same files and sha256 as dense cards)."""
 
     @property
     def tile_size(self) -> int:
@@ -71,10 +50,7 @@ class TileCard:
     @property
     def classes(self) -> list[dict]:
         """[{name, color?}] for classifiers, [] otherwise."""
-        return [
-            c if isinstance(c, dict) else {"name": str(c)}
-            for c in self.card["output"].get("classes") or []
-        ]
+        return [dict(c) for c in self.card["output"].get("classes") or []]
 
     @property
     def feature_names(self) -> list[str]:
@@ -92,114 +68,111 @@ class TileCard:
 
     @property
     def input(self) -> dict:
-        spec = self.card.get("input") or {}
+        spec = self.card["input"]
         return {
-            "scale": float(spec.get("scale", 255)),
-            "mean": [float(v) for v in spec.get("mean", [0.0, 0.0, 0.0])],
-            "std": [float(v) for v in spec.get("std", [1.0, 1.0, 1.0])],
+            "scale": float(spec["scale"]),
+            "mean": [float(v) for v in spec["mean"]],
+            "std": [float(v) for v in spec["std"]],
         }
 
-    def weights_file(self) -> Path | None:
-        source = self.card["source"]
-        rel = source.get("torchscript") or source.get("weights")
-        return (self.path.parent / rel) if rel else None
 
-    def weights_sha256(self) -> str | None:
-        path = self.weights_file()
-        return sha256_file(path) if path else None
-
-
-def _fail(where: Path | str, field: str, message: str) -> ModelError:
+def _fail(where, field: str, message: str) -> ModelError:
     return ModelError(f"model card '{where}': field '{field}': {message}")
 
 
-def validate_tile_card(card: dict, where: Path | str) -> None:
-    """Checks of the tile-kind fields (the general card schema lives with the models)."""
-    if not isinstance(card, dict):
-        raise ModelError(f"model card '{where}' is not a mapping")
-    for key in ("name", "kind", "mpp", "patch_input", "output", "source"):
-        if key not in card:
-            raise _fail(where, key, "required but missing")
+def _check_tile_card(card: dict, path: Path) -> None:
+    """What the schema cannot say: square tiles, one class/name/gene per value, one source."""
     if card["kind"] != "tile":
-        raise _fail(where, "kind", f"'{card['kind']}' is not a tile model (kind: tile)")
-    if not (isinstance(card["mpp"], int | float) and card["mpp"] > 0):
-        raise _fail(where, "mpp", f"must be a number > 0, got {card['mpp']!r}")
-    pi = card["patch_input"]
-    if not (isinstance(pi, list) and len(pi) == 2 and pi[0] == pi[1] and int(pi[0]) >= 8):
-        raise _fail(where, "patch_input", f"must be [n, n] with n >= 8, got {pi!r}")
+        raise _fail(
+            path, "kind", f"'{card['kind']}': the tiles stage needs a tile model (kind: tile)"
+        )
+    h, w = card["patch_input"]
+    if h != w:
+        raise _fail(path, "patch_input", f"tiles are square, got {card['patch_input']}")
     out = card["output"]
-    if not isinstance(out, dict) or not isinstance(out.get("dim"), int) or out["dim"] < 1:
-        raise _fail(where, "output.dim", "must be an integer >= 1")
-    if out.get("type") not in OUTPUT_TYPES:
-        raise _fail(where, "output.type", f"must be one of {', '.join(OUTPUT_TYPES)}")
-    classes = out.get("classes") or []
-    if out["type"] == "classifier" and len(classes) != out["dim"]:
-        raise _fail(where, "output.classes", f"a classifier needs {out['dim']} class names")
-    names = out.get("names") or []
-    if names and len(names) != out["dim"]:
-        raise _fail(where, "output.names", f"needs {out['dim']} names, got {len(names)}")
-    genes = out.get("genes") or {}
-    if genes.get("output") is not None and len(genes["output"]) != out["dim"]:
-        raise _fail(where, "output.genes.output", f"needs {out['dim']} gene IDs")
-    source = card["source"]
-    kinds = [k for k in ("builtin", "torchscript", "entrypoint") if k in (source or {})]
-    if len(kinds) != 1:
-        raise _fail(where, "source", "exactly one of builtin, torchscript, entrypoint")
+    dim = out["dim"]
+    if out["type"] == "classifier" and len(out.get("classes") or []) != dim:
+        raise _fail(path, "output.classes", f"a classifier needs {dim} classes, one per value")
+    for field, values in (
+        ("names", out.get("names")),
+        ("genes.output", (out.get("genes") or {}).get("output")),
+    ):
+        if values is not None and len(values) != dim:
+            raise _fail(path, f"output.{field}", f"needs {dim} entries, got {len(values)}")
+    sources = [k for k in ("builtin", "torchscript", "entrypoint") if k in card["source"]]
+    if len(sources) != 1:
+        raise _fail(path, "source", "give exactly one of builtin, torchscript, entrypoint")
+    for key in ("torchscript", "weights"):
+        value = card["source"].get(key)
+        if value and not (path.parent / value).is_file():
+            raise _fail(path, f"source.{key}", f"file '{value}' not found")
+
+
+def _resolve(spec: str) -> Path:
+    builtins = builtin_cards()
+    if spec in builtins:
+        return builtins[spec]
+    try:
+        return resolve_card_path(spec)
+    except ModelError:
+        known = ", ".join(builtins)
+        raise ModelError(
+            f"config field 'tiles.model': model card '{spec}' not found (give a card YAML "
+            f"path, or a built-in tile model: {known})"
+        ) from None
 
 
 def load_tile_card(spec: str | os.PathLike) -> TileCard:
-    """A card by built-in name (`builtin:stain-stats`) or by path to a YAML file."""
-    text = str(spec)
-    builtins = builtin_cards()
-    if text in builtins:
-        path = builtins[text]
-    else:
-        path = Path(text)
-        if text.startswith("builtin:") or not path.is_file():
-            known = ", ".join(sorted(builtins))
-            raise ModelError(
-                f"model card '{text}' not found (a path to a card YAML, or one of: {known})"
-            )
+    """A tile card by built-in name (`builtin:stain_stats`) or path, validated."""
+    path = _resolve(str(spec))
     try:
         card = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ModelError(f"model card '{path}' is not valid YAML: {exc}") from exc
-    validate_tile_card(card, path)
+    if not isinstance(card, dict):
+        raise ModelError(f"model card '{path}' must be a mapping")
+    errors = sorted(
+        DefaultingValidator(load_schema("model_card.schema.yaml")).iter_errors(card),
+        key=lambda e: list(e.path),
+    )
+    if errors:
+        e = errors[0]
+        field = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise _fail(path, field, e.message)
+    _check_tile_card(card, path)
     return TileCard(card=card, path=path.resolve())
 
 
 def build_tile_model(card: TileCard):
-    """The nn.Module of a tile card, in eval mode on the CPU."""
+    """The nn.Module of a tile card, in eval mode, checked to give (B, dim) on a dummy batch."""
     import torch
 
+    from histoflow.models.loader import build_model
     from histoflow.tiles import default_model
 
-    source = card.card["source"]
-    if "builtin" in source:
+    name = card.card["source"].get("builtin")
+    if name is not None:
         try:
-            return default_model.build(source["builtin"])
+            model = default_model.build(name)
         except KeyError as exc:
             raise _fail(card.path, "source.builtin", str(exc.args[0])) from None
-    weights = card.weights_file()
-    if weights is not None and not weights.is_file():
-        raise ModelError(f"model card '{card.path}': weights file '{weights}' not found")
-    if "torchscript" in source:
+    else:
+        model = build_model(card)  # TorchScript or entry point, as for dense models
+    n = card.tile_size
+    with torch.inference_mode():
         try:
-            return torch.jit.load(str(weights), map_location="cpu").eval()
-        except RuntimeError as exc:
+            out = model(torch.full((2, 3, n, n), 0.5))
+        except Exception as exc:  # any failure of a user model on a valid batch
             raise ModelError(
-                f"model '{card.name}': cannot load TorchScript '{weights}': {exc}"
+                f"model '{card.name}' failed on a dummy batch of shape (2, 3, {n}, {n}) "
+                f"(card '{card.path}' field 'patch_input'): {exc}"
             ) from exc
-    module_name, _, func = str(source["entrypoint"]).partition(":")
-    try:
-        model = getattr(importlib.import_module(module_name), func)()
-    except (ImportError, AttributeError) as exc:
-        raise _fail(
-            card.path, "source.entrypoint", f"cannot import '{source['entrypoint']}': {exc}"
-        ) from exc
-    if weights is not None:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, card.dim):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(
+            f"model '{card.name}' gives {shape} for 2 tiles, but card '{card.path}' field "
+            f"'output.dim' says (2, {card.dim})"
+        )
     return model.eval()
 
 
