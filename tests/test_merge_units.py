@@ -160,3 +160,19 @@ def test_options_from_config_names_bad_fields():
         MergeOptions.from_config({"compression": "gzip"})
     with pytest.raises(ConfigError, match="merge.band_rows"):
         MergeOptions.from_config({"band_rows": 0})
+
+
+def test_rule_callables_read_the_jobs_raw_store(tmp_path):
+    raw = tmp_path / "raw.zarr"
+    job_input = SimpleNamespace(raw=str(raw))
+    threads = resources.rule_threads({"band_rows": None})
+    mem_mb = resources.rule_mem_mb({"band_rows": None})
+    # Before infer_patches has run (dry run): the fallbacks.
+    assert threads(None, job_input) == resources.FALLBACK_THREADS
+    assert mem_mb(None, job_input, 1) == resources.FALLBACK_MEM_MB
+    raw.mkdir()
+    attrs = _attrs(16384, 65536)
+    (raw / "zarr.json").write_text(json.dumps({"node_type": "group", "attributes": attrs}))
+    assert threads(None, job_input) == 2
+    assert mem_mb(None, job_input, 1) == resources.merge_mem_mb(attrs)
+    assert mem_mb(None, job_input, 2) == 2 * resources.merge_mem_mb(attrs)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import zarr
 from conftest import run_workflow
+from histoflow.merge import resources
 from histoflow.merge.stitch import MergeOptions, merge_patches
 from histoflow.merge.synthetic import write_synthetic_raw
 
@@ -17,7 +18,7 @@ def test_rule_merges_a_seeded_raw_store_with_forced_spilling(tmp_path, demo_slid
     write_synthetic_raw(raw, (300, 200), (64, 64), (48, 48), {"nucleus": 1, "hv": 2}, seed=7)
     jobtmp = tmp_path / "jobtmp"
     jobtmp.mkdir()
-    run_workflow(
+    proc = run_workflow(
         tmp_path,
         samples=[{"sample": "s1", "path": demo_slide}],
         config={"merge": {"memory_percent": 0, "band_rows": 32}},
@@ -44,3 +45,6 @@ def test_rule_merges_a_seeded_raw_store_with_forced_spilling(tmp_path, demo_slid
     assert "24/24" in log  # the progress bar
     assert list(jobtmp.iterdir()) == []
     assert (tmp_path / "benchmarks" / "merge_patches" / "s1.tsv").exists()
+    # mem_mb came from raw.zarr's attributes (band size), not the profile's default.
+    expected = resources.merge_mem_mb(resources.raw_attrs(raw), band_rows=32)
+    assert f"mem_mb={expected}," in proc.stdout

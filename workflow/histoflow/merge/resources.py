@@ -56,3 +56,24 @@ def merge_mem_mb(attrs: dict | None, band_rows: int | None = None) -> int:
     # chunk: buffers (1 or 2) + the codec's encoded copy per writer
     total = parts["canvases"] + parts["read"] + parts["chunk"] * (2 * writers)
     return int(math.ceil(BASE_MB + 1.25 * total / MB))
+
+
+# Callables for the rule's `threads:` and `resources: mem_mb=` (Snakemake passes the
+# job's input; rule files keep no function definitions).
+def rule_threads(options: dict):
+    band_rows = options.get("band_rows")
+
+    def merge_threads_of_job(wildcards, input):
+        return merge_threads(raw_attrs(input.raw), band_rows)
+
+    return merge_threads_of_job
+
+
+def rule_mem_mb(options: dict):
+    band_rows = options.get("band_rows")
+
+    def merge_mem_mb_of_job(wildcards, input, attempt):
+        # More on a retry: a job killed for memory gets another 100% per attempt.
+        return merge_mem_mb(raw_attrs(input.raw), band_rows) * attempt
+
+    return merge_mem_mb_of_job
