@@ -45,7 +45,7 @@ rule infer_tiles:
     benchmark:
         "benchmarks/infer_tiles/{sample}.tsv"
     conda:
-        "../../envs/inference.yaml"
+        "../../envs/tiles.yaml"
     threads: config["tiles"]["num_workers"] + 1
     resources:
         mem_mb=4000,

@@ -26,6 +26,7 @@ from PIL import Image
 from histoflow.config import schema_defaults
 from histoflow.errors import ConfigError, SlideError
 from histoflow.export.writers import TileResponse, create_writer, metadata_json
+from histoflow.inference.runner import versions
 from histoflow.io.atomic import atomic_output
 from histoflow.tiles.grid import TileGrid
 from histoflow.tiles.images import PageSlide, open_samples
@@ -195,6 +196,7 @@ def tile_metadata(sample, path, slides, plans, card: TileCard, opts, mask_meta) 
         "mask_scale": mask_meta["mask_scale"],
         "thumbnail_mpp": mask_meta["thumbnail_mpp"],
         "pages": pages,
+        "versions": versions(),
     }
 
 
