@@ -7,6 +7,7 @@ import pytest
 import tifffile
 import torch
 import yaml
+import zarr
 from histoflow.errors import ModelError, SlideError
 from histoflow.slide import open_slide
 from histoflow.tiles.default_model import FEATURE_NAMES, StainClasses, StainStats
@@ -180,3 +181,49 @@ def test_png_crop_is_one_sample(tmp_path):
     Image.fromarray(np.full((30, 40, 3), 200, np.uint8)).save(png)
     (only,) = open_samples(png, mpp=0.5)
     assert only.dimensions == (40, 30)
+
+
+def test_plain_image_map_is_the_same_with_every_write_strategy(tmp_path):
+    from histoflow.slide import open_slide
+    from histoflow.tiles.infer import TileOptions, run_infer_tiles
+    from histoflow.tissue import MaskOptions, compute_tissue_mask, write_outputs
+    from synthetic_tissue import tissue_blocks
+
+    png = tmp_path / "roi.png"
+    Image.fromarray(tissue_blocks(300, 260, seed=5)[0]).save(png)
+    with open_slide(png, sample="roi", mpp=1.0) as slide:
+        result = compute_tissue_mask(slide, MaskOptions.from_config())
+    names = ("mask.png", "thumbnail.png", "overlay.png", "mask.json")
+    write_outputs(result, *(tmp_path / n for n in names))
+    card = load_tile_card("builtin:stain_classes")
+    maps = {}
+    for strategy in ("cache_tiles", "write_image", "write_tiles_zarr"):
+        out = tmp_path / strategy
+        opts = TileOptions.from_config(
+            {"formats": ["npz"], "write_strategy": strategy, "tile_size": 32, "num_workers": 0}
+        )
+        run_infer_tiles(
+            sample="roi",
+            slide_path=str(png),
+            sheet_mpp=1.0,
+            mask_png=str(tmp_path / "mask.png"),
+            thumbnail_png=str(tmp_path / "thumbnail.png"),
+            mask_json=str(tmp_path / "mask.json"),
+            card=card,
+            opts=opts,
+            outputs={"npz": str(out / "roi.npz")},
+            map_path=str(out / "map.zarr"),
+            summary_path=str(out / "tiles.json"),
+        )
+        group = zarr.open_group(str(out / "map.zarr"), mode="r")
+        assert group.attrs["write_strategy"] == strategy
+        maps[strategy] = (group["roi/scores"][...], group["roi/coverage"][...])
+        with np.load(out / "roi.npz") as z:
+            features, coords = z["features"], z["coords"]
+        # 32 px tiles at 0.5 µm/px on a 1 µm/px image: 16 level-0 px per cell.
+        cells = coords[:, ::-1] // 16
+        np.testing.assert_array_equal(maps[strategy][0][0, cells[:, 0], cells[:, 1]], features)
+        assert maps[strategy][1].sum() == len(features) > 10
+    for scores, coverage in maps.values():
+        np.testing.assert_array_equal(scores, maps["cache_tiles"][0])
+        np.testing.assert_array_equal(coverage, maps["cache_tiles"][1])
