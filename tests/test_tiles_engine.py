@@ -227,3 +227,18 @@ def test_plain_image_map_is_the_same_with_every_write_strategy(tmp_path):
     for scores, coverage in maps.values():
         np.testing.assert_array_equal(scores, maps["cache_tiles"][0])
         np.testing.assert_array_equal(coverage, maps["cache_tiles"][1])
+
+
+def test_sheet_for_a_folder_of_rois_validates(tmp_path):
+    from histoflow.config import load_sample_sheet
+    from histoflow.tiles.sheet import sheet_rows, to_tsv
+
+    rois = tmp_path / "rois"
+    rois.mkdir()
+    for name in ("b roi.png", "a.jpg", "a.tif", "notes.txt"):
+        (rois / name).write_bytes(b"x")
+    rows = sheet_rows(rois, mpp=0.25)
+    assert [r["sample"] for r in rows] == ["a", "a-2", "b_roi"]
+    (tmp_path / "s.tsv").write_text(to_tsv(rows))
+    sheet = load_sample_sheet(tmp_path / "s.tsv")
+    assert list(sheet.index) == ["a", "a-2", "b_roi"] and set(sheet["mpp"]) == {0.25}
