@@ -65,11 +65,12 @@ def run_workflow(
         write_sheet(workdir / "config" / "samples.tsv", samples)
         cfg["samples"] = "config/samples.tsv"
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    cmd = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
+    # Targets first: `--configfile` takes several values and would swallow them.
+    cmd = [str(SNAKEMAKE), *(targets or []), "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
     if profile:
         cmd += ["--profile", str(REPO / profile)]
     cmd += ["--cores", "2", "--configfile", str(workdir / "config" / "config.yaml")]
-    cmd += list(args or []) + list(targets or [])
+    cmd += list(args or [])
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     proc = subprocess.run(
         cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env
