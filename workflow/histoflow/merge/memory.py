@@ -10,6 +10,8 @@ from pathlib import Path
 
 import psutil
 
+from histoflow.errors import HistoflowError
+
 MB = 1024 * 1024
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,10 @@ class MemoryPolicy:
         return SpillDecision(False, "")
 
 
+class SpillError(HistoflowError):
+    """The spill cache cannot be created or written."""
+
+
 class SpillCache:
     """Directory for spilled accumulators under the job's temporary directory, made on
     first use and removed by `cleanup()` (called on success and on failure)."""
@@ -72,7 +78,15 @@ class SpillCache:
 
     def new_dir(self) -> Path:
         if self.root is None:
-            self.root = Path(tempfile.mkdtemp(prefix="histoflow-merge-", dir=self.tmpdir))
+            try:
+                self.root = Path(tempfile.mkdtemp(prefix="histoflow-merge-", dir=self.tmpdir))
+            except OSError as exc:
+                where = self.tmpdir or tempfile.gettempdir()
+                raise SpillError(
+                    f"spill directory '{where}' is not usable ({exc.strerror or exc}); point the "
+                    "job's tmpdir resource (or TMPDIR) at a writable disk with free space, or "
+                    "raise merge.memory_percent so the merge stays in memory"
+                ) from exc
             log.info("spill cache: %s", self.root)
         self._n += 1
         return self.root / f"canvas-{self._n:06d}.zarr"
