@@ -13,9 +13,10 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import shapely
 
-from histoflow.export.instances import object_uuid, open_instances, polygonal
+from histoflow.export.instances import object_uuid, open_instances, polygonal_array
 from histoflow.io.atomic import atomic_output
 
 log = logging.getLogger(__name__)
@@ -24,8 +25,8 @@ log = logging.getLogger(__name__)
 DECIMALS = 2
 
 
-def _ring(coords, decimals: int) -> list[list[float]]:
-    return [[round(float(x), decimals), round(float(y), decimals)] for x, y in coords]
+def _ring(ring, decimals: int) -> list[list[float]]:
+    return np.round(np.asarray(ring.coords), decimals).tolist()
 
 
 def geometry_json(geom, decimals: int = DECIMALS) -> dict:
@@ -33,19 +34,11 @@ def geometry_json(geom, decimals: int = DECIMALS) -> dict:
     geom = shapely.orient_polygons(geom, exterior_cw=False)
 
     def rings(poly):
-        return [_ring(poly.exterior.coords, decimals)] + [
-            _ring(r.coords, decimals) for r in poly.interiors
-        ]
+        return [_ring(poly.exterior, decimals)] + [_ring(r, decimals) for r in poly.interiors]
 
     if geom.geom_type == "Polygon":
         return {"type": "Polygon", "coordinates": rings(geom)}
     return {"type": "MultiPolygon", "coordinates": [rings(p) for p in geom.geoms]}
-
-
-def snap(geom, decimals: int = DECIMALS):
-    """Round to the output grid while keeping the geometry valid (or drop it)."""
-    snapped = shapely.set_precision(geom, 10.0**-decimals)
-    return polygonal(snapped)
 
 
 def _number(value: float, digits: int) -> float | None:
@@ -63,10 +56,9 @@ def export_geojson(
     with atomic_output(out_path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
         fh.write('{"type":"FeatureCollection","features":[')
         for batch in table.batches():
-            geoms = shapely.from_wkb(batch["contour"])
+            # valid, snapped to the output grid (so rounding cannot break validity)
+            geoms = polygonal_array(shapely.from_wkb(batch["contour"]), 10.0**-decimals)
             for i, geom in enumerate(geoms):
-                geom = polygonal(geom)
-                geom = snap(geom, decimals) if geom is not None else None
                 if geom is None:
                     dropped += 1
                     log.warning("object %s has no polygon area; left out", batch["id"][i])

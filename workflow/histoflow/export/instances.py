@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from histoflow.export import ExportError
@@ -150,3 +151,27 @@ def polygonal(geom):
     if not polys:
         return None
     return polys[0] if len(polys) == 1 else MultiPolygon(polys)
+
+
+def polygonal_array(geoms, grid_size: float | None = None):
+    """`polygonal` over an array of geometries, vectorised for the common case.
+
+    With `grid_size`, coordinates are also snapped to that grid, keeping validity
+    (GEOS precision reducer); entries left without area become None.
+    """
+    import shapely
+
+    geoms = np.array(geoms, dtype=object)
+    present = ~shapely.is_missing(geoms)
+    broken = present & ~shapely.is_valid(geoms)
+    if broken.any():
+        geoms[broken] = shapely.make_valid(geoms[broken])
+    if grid_size and present.any():
+        geoms[present] = shapely.set_precision(geoms[present], grid_size)
+    types = shapely.get_type_id(geoms)
+    simple = present & np.isin(types, (3, 6)) & ~shapely.is_empty(geoms)  # (Multi)Polygon
+    out = np.full(len(geoms), None, dtype=object)
+    out[simple] = geoms[simple]
+    for i in np.flatnonzero(present & ~simple):
+        out[i] = polygonal(geoms[i])
+    return out

@@ -22,7 +22,7 @@ from pathlib import Path
 import shapely
 
 from histoflow.export import ExportError
-from histoflow.export.instances import object_uuid, open_instances, polygonal
+from histoflow.export.instances import object_uuid, open_instances, polygonal_array
 from histoflow.io.atomic import atomic_output
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,7 @@ def export_sqlite(instances_path: str | Path, out_path: str | Path, sample: str)
             )
             for batch in table.batches():
                 rows, boxes = [], []
-                for i, geom in enumerate(shapely.from_wkb(batch["contour"])):
-                    geom = polygonal(geom)
+                for i, geom in enumerate(polygonal_array(shapely.from_wkb(batch["contour"]))):
                     if geom is None:
                         dropped += 1
                         continue
