@@ -6,13 +6,13 @@ import _common
 def main():
     import torch
     from histoflow.inference.runner import InferenceOptions, run_inference
-    from histoflow.models.card import load_card
+    from histoflow.models.card import load_dense_card
     from histoflow.models.loader import load_model
     from histoflow.tissue import read_mask
 
     sm = snakemake  # noqa: F821 - injected by Snakemake
     torch.set_num_threads(max(1, sm.threads))
-    card = load_card(sm.params.card)
+    card = load_dense_card(sm.params.card)
     model = load_model(card)
     mask, mask_meta = read_mask(sm.input.mask, sm.input.mask_meta)
     run_inference(

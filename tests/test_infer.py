@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 import zarr
-from conftest import run_workflow
+from conftest import REPO, run_workflow
 from histoflow.errors import ConfigError, ModelError
 from histoflow.inference.grid import make_grid, tissue_fraction
 from histoflow.inference.runner import InferenceOptions, run_inference
@@ -199,6 +199,13 @@ def test_unknown_model_is_named():
         ModelError, match="config field 'model.card': model card 'x.yaml' not found"
     ):
         load_card("x.yaml")
+
+
+def test_tile_card_refused_for_dense_inference():
+    from histoflow.models.card import load_dense_card
+
+    with pytest.raises(ModelError, match="kind 'tile'; tile-level models run in the 'tiles'"):
+        load_dense_card(str(REPO / "workflow/histoflow/tiles/cards/stain_stats.yaml"))
 
 
 def test_card_with_wrong_output_shape(tmp_path):

@@ -110,6 +110,9 @@ def load_card(spec: str) -> ModelCard:
 
 
 def _check_consistency(card: dict, path: Path) -> None:
+    _check_source(card, path)
+    if card["kind"] != "dense":
+        return  # tile cards: checked by histoflow.tiles.model against output.dim
     heads = {h["name"]: h for h in card["heads"]}
     if len(heads) != len(card["heads"]):
         raise ModelError(f"model card '{path}': field 'heads': head names must be unique")
@@ -126,9 +129,23 @@ def _check_consistency(card: dict, path: Path) -> None:
                     f"model card '{path}': field 'postprocess.{i}.heads.{role}': "
                     f"no head named '{head}' (heads: {', '.join(heads)})"
                 )
+
+
+def _check_source(card: dict, path: Path) -> None:
     sources = [k for k in ("builtin", "torchscript", "entrypoint") if k in card["source"]]
     if len(sources) != 1:
         raise ModelError(
             f"model card '{path}': field 'source': give exactly one of builtin, torchscript, "
             f"entrypoint (got {', '.join(sources) or 'none'})"
         )
+
+
+def load_dense_card(spec: str) -> ModelCard:
+    """A card for dense (map) inference; a tile-level card is pointed at the tiles stage."""
+    card = load_card(spec)
+    if card.card["kind"] != "dense":
+        raise ModelError(
+            f"config field 'model.card': '{spec}' is a model of kind '{card.card['kind']}'; "
+            "tile-level models run in the 'tiles' stage (config field 'tiles.model')"
+        )
+    return card
