@@ -45,7 +45,8 @@ def _seed(workdir, sample):
     fx.make_raw(res / "infer" / "raw.zarr")
     fx.make_maps(res / "merge" / "maps.zarr", 120, 200, band_rows=32)
     fx.make_instances(res / "instances" / "instances.parquet", n=20)
-    for rule, seconds in (("mask_tissue", 2.5), ("merge_patches", 4.0)):
+    stages = ("mask_tissue", "infer_patches", "merge_patches", "extract_instances")
+    for rule, seconds in zip(stages, (2.5, 30.0, 4.0, 7.25)):
         fx.make_benchmark(workdir / "benchmarks" / rule / f"{sample}.tsv", seconds)
 
 
@@ -79,7 +80,8 @@ def test_formats_switch_on_and_off(tmp_path, demo_slide):
     assert len(feats) == 22  # 20 ellipses + bow tie + holed square; the flat one is left out
     summary = pd.read_csv(out / f"{sample}.summary.tsv", sep="\t").iloc[0]
     assert summary["objects"] == 23 and summary["patches"] == 12
-    assert summary["time_mask_tissue_s"] == 2.5 and summary["time_merge_patches_s"] == 4.0
+    assert summary["time_mask_tissue_s"] == 2.5 and summary["time_infer_patches_s"] == 30.0
+    assert summary["time_merge_patches_s"] == 4.0 and summary["time_extract_instances_s"] == 7.25
     with h5py.File(out / f"{sample}.h5", "r") as f:
         assert f["nucleus"].shape == (120, 200, 1)
     assert zarr.open_consolidated(str(out / f"{sample}.zarr"), mode="r")["coverage"].shape == (
