@@ -1,0 +1,124 @@
+"""Large pyramidal TIFF slides made by mosaicking crops of a real slide, for benchmarks.
+
+Blocks of `block` px are either a (flipped/rotated) crop of the source slide or glass
+background, chosen by a seeded generator; tiles are assembled on the fly and
+streamed to tifffile level by level, so memory stays at a few blocks whatever the
+slide size. OpenSlide reads the result as a generic tiled TIFF with its mpp.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from histoflow.slide import open_slide
+
+BACKGROUND_RGB = (242, 242, 240)
+
+
+def _source_crops(source: str | os.PathLike, mpp: float, block: int) -> list[np.ndarray]:
+    """Up to 8 block-sized variants (crops, flips, rotations) of the source at `mpp`."""
+    with open_slide(source) as slide:
+        w, h = slide.size_at(mpp)
+        side = min(block, w, h)
+        crops = []
+        for y0, x0 in [(0, 0), (h - side, w - side)]:
+            crops.append(slide.read_region(x0, y0, side, side, mpp))
+    out = []
+    for crop in crops:
+        if side != block:
+            crop = np.asarray(Image.fromarray(crop).resize((block, block), Image.BILINEAR))
+        for k in range(4):
+            out.append(np.ascontiguousarray(np.rot90(crop, k)))
+    return out
+
+
+class Mosaic:
+    def __init__(
+        self, crops: list[np.ndarray], size: int, block: int, background: float, seed: int
+    ):
+        rng = np.random.default_rng(seed)
+        n = math.ceil(size / block)
+        # -1 = glass; otherwise the index of the crop variant in that block.
+        self.layout = np.where(
+            rng.random((n, n)) < background, -1, rng.integers(0, len(crops), (n, n))
+        )
+        self.crops = crops
+        self.size = size
+        self.block = block
+        self._levels: dict[int, list[np.ndarray]] = {}
+
+    def _crops_at(self, level: int) -> list[np.ndarray]:
+        if level not in self._levels:
+            side = self.block >> level
+            self._levels[level] = [
+                np.asarray(Image.fromarray(c).resize((side, side), Image.BOX)) for c in self.crops
+            ]
+        return self._levels[level]
+
+    def region(self, level: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+        out = np.empty((h, w, 3), np.uint8)
+        out[:] = BACKGROUND_RGB
+        side = self.block >> level
+        crops = self._crops_at(level)
+        for by in range(y0 // side, (y0 + h - 1) // side + 1):
+            for bx in range(x0 // side, (x0 + w - 1) // side + 1):
+                if by >= self.layout.shape[0] or bx >= self.layout.shape[1]:
+                    continue
+                idx = self.layout[by, bx]
+                if idx < 0:
+                    continue
+                ys, xs = max(y0, by * side), max(x0, bx * side)
+                ye, xe = min(y0 + h, (by + 1) * side), min(x0 + w, (bx + 1) * side)
+                out[ys - y0 : ye - y0, xs - x0 : xe - x0] = crops[idx][
+                    ys - by * side : ye - by * side, xs - bx * side : xe - bx * side
+                ]
+        return out
+
+    def tiles(self, level: int, tile: int) -> Iterator[np.ndarray]:
+        extent = math.ceil(self.size / 2**level)
+        for y0 in range(0, extent, tile):
+            for x0 in range(0, extent, tile):
+                yield self.region(level, y0, x0, tile, tile)
+
+
+def write_mosaic_tiff(
+    path: str | os.PathLike,
+    source: str | os.PathLike,
+    size: int = 16384,
+    mpp: float = 0.5,
+    block: int = 2048,
+    tile: int = 256,
+    background: float = 0.3,
+    seed: int = 0,
+) -> Path:
+    """Write a `size`×`size` pyramidal JPEG-tiled TIFF at `mpp` (levels down to ≤1024 px)."""
+    path = Path(path)
+    mosaic = Mosaic(_source_crops(source, mpp, block), size, block, background, seed)
+    levels = max(1, int(math.ceil(math.log2(max(size / 1024, 1)))) + 1)
+    levels = min(levels, int(math.log2(block)) + 1)
+    px_per_cm = 1e4 / mpp
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
+        for level in range(levels):
+            extent = math.ceil(size / 2**level)
+            tif.write(
+                mosaic.tiles(level, tile),
+                shape=(extent, extent, 3),
+                dtype=np.uint8,
+                tile=(tile, tile),
+                photometric="rgb",
+                compression="jpeg",
+                compressionargs={"level": 90},
+                resolution=(px_per_cm / 2**level, px_per_cm / 2**level),
+                resolutionunit="CENTIMETER",
+                subfiletype=1 if level else 0,
+            )
+    os.replace(tmp, path)
+    return path
