@@ -25,3 +25,31 @@ rule merge_patches:
         options=config["merge"],
     script:
         "../../scripts/merge_patches.py"
+
+
+STAGE_TARGETS["merge"].append("results/{sample}/merge/heatmap.png")
+
+
+rule render_heatmap:
+    input:
+        maps="results/{sample}/merge/maps.zarr",
+        slide=get_slide,
+    output:
+        report(
+            "results/{sample}/merge/heatmap.png",
+            caption="../report/merge_heatmap.rst",
+            category="Heatmaps",
+            labels={"sample": "{sample}"},
+        ),
+    log:
+        "logs/render_heatmap/{sample}.log",
+    conda:
+        "../../envs/inference.yaml"
+    threads: 1
+    resources:
+        mem_mb=1500,
+    params:
+        slide=get_slide_path,
+        mpp=get_sample_mpp,
+    script:
+        "../../scripts/render_heatmap.py"

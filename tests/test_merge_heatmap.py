@@ -1,0 +1,41 @@
+"""Heatmap picture: colour where patches ran, plain slide elsewhere, read in bands."""
+
+import numpy as np
+import zarr
+from PIL import Image
+
+from histoflow.merge.heatmap import RAMP, render_heatmap
+
+
+def test_heatmap_blends_only_covered_pixels(tmp_path):
+    h, w = 400, 300
+    slide = np.full((h, w, 3), 200, np.uint8)
+    Image.fromarray(slide).save(tmp_path / "s.png")
+    g = zarr.open_group(str(tmp_path / "maps.zarr"), mode="w")
+    g.attrs.update(
+        {
+            "shape": [h, w],
+            "mpp": 0.5,
+            "heads": [{"name": "p", "channels": 1, "activation": "sigmoid"}],
+        }
+    )
+    prob = np.zeros((h, w, 1), np.float32)
+    prob[:, : w // 2] = 1.0
+    cov = np.zeros((h, w), np.uint16)
+    cov[: h // 2] = 1
+    g.create_array("p", data=prob, chunks=(64, w, 1))
+    g.create_array("coverage", data=cov, chunks=(64, w))
+    out = render_heatmap(
+        tmp_path / "maps.zarr",
+        tmp_path / "s.png",
+        tmp_path / "h.png",
+        mpp_override=0.5,
+        max_side=200,
+    )
+    img = np.asarray(Image.open(out)).astype(int)
+    assert img.shape == (200, 150, 3)  # every second pixel
+    hot = 0.45 * 200 + 0.55 * RAMP[-1]
+    cold = 0.45 * 200 + 0.55 * RAMP[0]
+    assert np.abs(img[10, 10] - hot).max() <= 1
+    assert np.abs(img[10, 140] - cold).max() <= 1
+    assert (img[150:] == 200).all()  # no patch: plain slide
