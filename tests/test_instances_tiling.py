@@ -17,6 +17,8 @@ import zarr
 from histoflow.instances import Options, evaluate, extract, run
 from histoflow.instances.table import build_table
 from histoflow.synthetic import maps as sm
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 SHAPE = (448, 576)  # not a multiple of the tile: the last row and column are partial
 TILE = 128
@@ -268,3 +270,26 @@ def test_table_is_sorted_with_stable_ids(watershed_runs):
     # the id's corner is the top-left of the box, in model pixels (scale 2)
     assert (corners[0][0] * 2.0, corners[0][1] * 2.0) == (row["bbox_y0"], row["bbox_x0"])
     assert poly.bounds[0] >= row["bbox_x0"] - 1e-9 and poly.bounds[2] <= row["bbox_x1"] + 1e-9
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    tile=st.sampled_from([(64, 64), (64, 128), (128, 64)]),
+    margin=st.integers(21, 40),
+)
+def test_random_layouts_are_tile_invariant(tmp_path_factory, seed, tile, margin):
+    shape = (256, 320)
+    objs = sm.random_nuclei(shape, spacing=20, radius=(3.0, 7.0), seed=seed)
+    card = sm.card("watershed", WATERSHED_HEADS, params=WATERSHED_PARAMS, patch_output=(32, 32))
+    path = sm.write_maps(
+        tmp_path_factory.mktemp("h") / "m.zarr", objs, shape, card, WATERSHED_HEADS
+    )
+    (t, _, stats), (w, _, _) = (
+        extract(path, Options(tile, margin)),
+        extract(path, Options(tile_shape=None)),
+    )
+    tiled, whole = geoms(t[0][2]), geoms(w[0][2])
+    m = evaluate.match(tiled, whole)
+    assert m.f1 == 1.0 and m.mean_iou > 0.9999, (seed, tile, margin, m)
+    assert evaluate.duplicates(tiled) == 0 and stats.truncated["nuclei"] == 0

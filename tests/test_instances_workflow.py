@@ -55,3 +55,51 @@ def test_rule_on_a_seeded_maps_store(tmp_path, demo_slide):
     assert f"nuclei: {table.num_rows} objects" in log
     assert (tmp_path / "benchmarks" / "extract_instances" / "s1.tsv").exists()
     assert not (out / "classmap.zarr").exists()  # no semantic task in this card
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, demo_slide):
+    """mask -> infer -> merge -> extract_instances on the real demo slide, built-in
+    model, tiles small enough (512 px) that the slide has 5 x 6 of them."""
+    workdir = tmp_path_factory.mktemp("demo")
+    run_workflow(
+        workdir,
+        samples=[{"sample": "demo", "path": demo_slide}],
+        config={"instances": {"tile_shape": [512, 512], "margin": 64, "workers": 2}},
+        targets=["results/demo/instances/instances.parquet", "results/demo/instances/overlay.png"],
+    )
+    return workdir / "results" / "demo"
+
+
+def test_demo_slide_tiled_equals_whole_map(demo_run):
+    table = pq.read_table(demo_run / "instances" / "instances.parquet")
+    meta = json.loads(table.schema.metadata[b"histoflow"])
+    assert meta["model"] == "hed_nuclei" and meta["tile_shape"] == [512, 512]
+    tiled = shapely.from_wkb(table["contour"].to_numpy(zero_copy_only=False))
+    ref, _, _ = extract(demo_run / "merge" / "maps.zarr", Options(tile_shape=None))
+    whole = shapely.from_wkb(ref[0][2].contour)
+    m = evaluate.match(tiled, whole)
+    assert len(whole) > 1000
+    assert m.f1 >= 0.999, m
+    assert evaluate.duplicates(tiled, iou=0.3) == 0
+    # the card's area limits (8-400 µm²), in level-0 pixels and the slide's mpp
+    area_um2 = table["area_px"].to_numpy() * meta["slide_mpp"] ** 2
+    assert area_um2.min() >= 8.0 * 0.99 and area_um2.max() <= 400.0 * 1.01
+    assert (table["probability"].to_numpy() >= 0.5).all()
+
+
+def test_demo_slide_touching_nuclei_are_separated(demo_run):
+    """Watershed on the energy map splits clumps: many objects share a boundary with a
+    neighbour, which connected components of the foreground alone could not give."""
+    table = pq.read_table(demo_run / "instances" / "instances.parquet", columns=["contour"])
+    polys = shapely.from_wkb(table["contour"].to_numpy(zero_copy_only=False))
+    a, b = shapely.STRtree(polys).query(polys, predicate="dwithin", distance=1.5)
+    touching = int((a < b).sum())
+    assert touching > 0.05 * len(polys), (touching, len(polys))
+
+
+def test_demo_overlay_shows_outlines(demo_run):
+    img = Image.open(demo_run / "instances" / "overlay.png")
+    assert img.mode == "RGB" and max(img.size) <= 1536
+    red = np.asarray(img).reshape(-1, 3) == np.array([0xD6, 0x27, 0x28])  # class colour
+    assert red.all(1).mean() > 0.01

@@ -1,20 +1,11 @@
 # Rules of the instances stage (see workflow/CONTRACTS.md); targets register in STAGE_TARGETS.
 # Stage 4: slide-scale maps -> objects (one row each), tile by tile with margin de-dup.
-
+from histoflow.instances.resources import estimate_mem_mb
 
 STAGE_TARGETS["instances"] = [
     "results/{sample}/instances/instances.parquet",
     "results/{sample}/instances/overlay.png",
 ]
-
-# Memory: the main process holds two strips of tile windows, each worker one window
-# and its intermediates; about 60 bytes per window pixel each (benchmarks/bench_instances.py).
-INSTANCES_WINDOW_MB = (
-    (config["instances"]["tile_shape"][0] + 2 * config["instances"]["margin"])
-    * (config["instances"]["tile_shape"][1] + 2 * config["instances"]["margin"])
-    * 60
-    / 1e6
-)
 
 
 rule extract_instances:
@@ -37,8 +28,8 @@ rule extract_instances:
         "../../envs/geometry.yaml"
     threads: config["instances"]["workers"]
     resources:
-        mem_mb=lambda wildcards, threads: int(
-            1000 + INSTANCES_WINDOW_MB * (threads + 2)
+        mem_mb=lambda wildcards, input, threads: estimate_mem_mb(
+            input.maps, config["instances"], threads
         ),
     params:
         slide=get_slide_path,

@@ -19,6 +19,14 @@ overlaps one from another tile. Semantic regions, which are usually larger than 
 margin, are instead outlined per tile core and joined across seams.
 """
 
-from histoflow.instances.engine import Options, Stats, extract, run
-
 __all__ = ["Options", "Stats", "extract", "run"]
+
+
+def __getattr__(name):
+    # Lazy, so that the light `resources` module can be imported when Snakemake parses
+    # the workflow without loading scikit-image, shapely and zarr.
+    if name in __all__:
+        from histoflow.instances import engine
+
+        return getattr(engine, name)
+    raise AttributeError(name)

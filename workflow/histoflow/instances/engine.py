@@ -1,8 +1,8 @@
 """extract_instances: maps.zarr -> instance table (+ class map), tile by tile.
 
 The main process reads one strip of tile windows (a band of rows, full width) at a
-time from maps.zarr and hands the tiles to workers; while they run, it reads the next
-strip. Memory therefore grows with slide width and tile height, not slide area.
+time from maps.zarr and hands its tiles to the workers. Memory therefore grows with
+slide width and tile height, not slide area.
 Results come back in tile order, so the output does not depend on the worker count.
 """
 
@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -104,9 +105,13 @@ class Maps:
         missing = [k for k in ("shape", "scale", "mpp", "model") if k not in attrs]
         if missing:
             raise HistoflowError(f"file '{path}': attributes missing: {', '.join(missing)}")
+        with warnings.catch_warnings():
+            # Snakemake leaves .snakemake_timestamp in directory outputs; not a member.
+            warnings.filterwarnings("ignore", message=".*not recognized as a component")
+            members = list(group.arrays())
         channels = {
             name: int(arr.shape[-1])
-            for name, arr in group.arrays()
+            for name, arr in members
             if name != "coverage" and arr.ndim == 3
         }
         return cls(
@@ -165,7 +170,6 @@ def process_tile(
             (wy0, wx0),
             scale,
             task.params["simplify_px"],
-            task.params["fill_holes"],
         )
         area = stats.area[idx].astype(np.float64)
         cx = (stats.sum_x[idx] / np.maximum(area, 1) + wx0 + 0.5) * scale
@@ -214,7 +218,7 @@ def _run_tiles(
     tasks: list[Task],
     executor: Executor | None,
 ) -> Iterator[TileResult]:
-    """Results in tile order; the next strip is read while the current one runs."""
+    """Results in tile order, one strip of windows read at a time."""
     names = sorted({h for t in tasks for h in t.heads.values()})
     with_cov = any(t.kind == "regions" for t in tasks)
     read_names = names + (["coverage"] if with_cov else [])
@@ -234,10 +238,12 @@ def _run_tiles(
             for t in strip:
                 yield process_tile(*args(t, data))
         return
-    data = read(strips[0])
-    for i, strip in enumerate(strips):
+    for strip in strips:
+        # One strip in memory at a time: reading the next one while this one runs
+        # would save ~2 % of the time for one more strip of RSS.
+        data = read(strip)
         futures: list[Future] = [executor.submit(process_tile, *args(t, data)) for t in strip]
-        data = read(strips[i + 1]) if i + 1 < len(strips) else None
+        del data
         for f in futures:
             yield f.result()
         del futures

@@ -48,14 +48,29 @@ def label_stats(labels: np.ndarray, n: int) -> LabelStats:
     return LabelStats(area, sum_y, sum_x, bbox)
 
 
-def outline(mask: np.ndarray, fill_holes: bool = True) -> np.ndarray:
-    """Outer contour (k, 2) in (x, y) pixel-index coordinates of a cropped object mask."""
-    if fill_holes:
-        mask = ndi.binary_fill_holes(mask)
-    padded = np.pad(mask, 1).astype(np.float32)
+def outline(mask: np.ndarray) -> np.ndarray:
+    """Outer contour (k, 2) in (x, y) pixel-index coordinates of a cropped object mask,
+    open (first point not repeated). Holes are ignored: the outer ring is the longest."""
+    padded = np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), np.float32)
+    padded[1:-1, 1:-1] = mask
     contours = find_contours(padded, 0.5, fully_connected="high")
     best = max(contours, key=len)
-    return best[:, ::-1] - 1.0
+    return best[:-1, ::-1] - 1.0
+
+
+def drop_collinear(coords: np.ndarray, ring: np.ndarray) -> np.ndarray:
+    """Mask of the vertices of open rings (coords, ring index per vertex, rings stored
+    contiguously) that are not on a straight line through their neighbours."""
+    n = len(coords)
+    idx = np.arange(n)
+    starts = np.r_[0, np.flatnonzero(np.diff(ring)) + 1]
+    ends = np.r_[starts[1:], n] - 1
+    first, last = starts[ring], ends[ring]
+    prev = np.where(idx == first, last, idx - 1)
+    nxt = np.where(idx == last, first, idx + 1)
+    a, b = coords - coords[prev], coords[nxt] - coords
+    cross = a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]
+    return cross != 0
 
 
 def object_polygons(
@@ -65,21 +80,22 @@ def object_polygons(
     origin: tuple[int, int],
     scale: float,
     simplify_px: float = 0.0,
-    fill_holes: bool = True,
 ) -> np.ndarray:
     """Level-0 polygons (shapely array) of objects `ids` (labels) with local boxes `bbox`;
-    `origin` (y0, x0) is the window's position in model pixels."""
+    `origin` (y0, x0) is the window's position in model pixels. Vertices on straight
+    runs are dropped (lossless); `simplify_px` > 0 simplifies further."""
     if len(ids) == 0:
         return np.empty(0, object)
     rings, sizes = [], []
     for i, (y0, y1, x0, x1) in zip(ids, bbox, strict=True):
-        c = outline(labels[y0:y1, x0:x1] == i, fill_holes)
+        c = outline(labels[y0:y1, x0:x1] == i)
         c += (x0 + origin[1] + 0.5, y0 + origin[0] + 0.5)
         rings.append(c)
         sizes.append(len(c))
-    coords = np.concatenate(rings) * scale
+    coords = np.concatenate(rings)
     ring_index = np.repeat(np.arange(len(rings)), sizes)
-    polys = shapely.polygons(shapely.linearrings(coords, indices=ring_index))
+    keep = drop_collinear(coords, ring_index)
+    polys = shapely.polygons(shapely.linearrings(coords[keep] * scale, indices=ring_index[keep]))
     if simplify_px > 0:
         polys = shapely.simplify(polys, simplify_px * scale, preserve_topology=True)
     return polys

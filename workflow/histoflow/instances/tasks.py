@@ -32,7 +32,7 @@ DEFAULTS = {
         "smooth_um": 0.0,  # Gaussian sigma applied to energy before finding markers
         "fill_holes": True,
         "background_class": None,  # type-head channel never voted for (HoVer-Net: 0)
-        "simplify_px": 0.25,
+        "simplify_px": 0.0,  # outline simplification tolerance, model pixels (0: exact)
     },
     "hovernet": {
         "threshold": 0.5,
@@ -44,7 +44,7 @@ DEFAULTS = {
         "min_marker_um2": 2.5,
         "fill_holes": True,
         "background_class": 0,
-        "simplify_px": 0.25,
+        "simplify_px": 0.0,
     },
 }
 
