@@ -160,7 +160,7 @@ def main():
     )
     print(
         "| map (px) | blobs | mode | objects | objects/s | wall (s) | de-dup share | "
-        "peak RSS (MB) | table (MB) | F1 tiled vs whole | duplicates |"
+        "peak RSS (MiB) | table (MB) | F1 tiled vs whole | duplicates |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for size, n_true, tiled, whole, f1, dups, est_gb in rows:
