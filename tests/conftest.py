@@ -15,6 +15,7 @@ sys.path.insert(0, str(REPO / "workflow"))
 
 DEMO_SLIDE = REPO / "data" / "cmu_small_region.svs"
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+DEMO_SAMPLE = "demo"
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +23,15 @@ def demo_slide() -> Path:
     if not DEMO_SLIDE.exists():
         pytest.fail(f"demo slide missing: run `python scripts/fetch_demo_data.py` ({DEMO_SLIDE})")
     return DEMO_SLIDE
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, demo_slide) -> Path:
+    """The demo cohort (one sample, 'demo') through the default config, run once per
+    session and shared read-only by the tests that check its outputs."""
+    workdir = tmp_path_factory.mktemp("demo-run")
+    run_workflow(workdir, samples=[{"sample": DEMO_SAMPLE, "path": demo_slide}])
+    return workdir
 
 
 def write_sheet(path: Path, rows: list[dict]) -> Path:

@@ -11,26 +11,25 @@ import pyarrow.parquet as pq
 import pytest
 import shapely
 import tifffile
+import yaml
 import zarr
-from conftest import run_workflow
+from conftest import DEMO_SAMPLE, REPO
 from histoflow.export import dense, geojson, ometiff, sqlite_store, summary, tables
 from histoflow.export.instances import object_uuid
 from shapely.geometry import shape
 
 pytestmark = pytest.mark.e2e
 
-SAMPLE = "CMU-1-Small-Region"
+SAMPLE = DEMO_SAMPLE
 FORMATS = ["geojson", "sqlite", "tsv", "summary", "zarr", "hdf5", "npz", "ometiff"]
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory, demo_slide):
-    workdir = tmp_path_factory.mktemp("demo")
-    run_workflow(
-        workdir,
-        samples=[{"sample": SAMPLE, "path": demo_slide}],
-        config={"stages": ["export"], "export": {"formats": FORMATS}},
-    )
+def demo(demo_run):
+    # The shared session run: the default config writes every format.
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert cfg["export"]["formats"] == FORMATS and "export" in cfg["stages"]
+    workdir = demo_run
     res = workdir / "results" / SAMPLE
     out = res / "export"
     sizes = {

@@ -54,10 +54,9 @@ def planned_jobs(output: str) -> dict[tuple[str, str], str]:
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, demo_slide):
-    workdir = tmp_path_factory.mktemp("full")
-    run_workflow(workdir, samples=demo(demo_slide), config={"stages": existing_stages()})
-    return workdir
+def full_run(demo_run):
+    # The shared session run of the demo through the default config (every stage).
+    return demo_run
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +69,7 @@ def two_slides(tmp_path_factory, demo_slide):
 
 
 def test_two_fresh_runs_give_identical_results(full_run, tmp_path, demo_slide):
-    run_workflow(tmp_path, samples=demo(demo_slide), config={"stages": existing_stages()})
+    run_workflow(tmp_path, samples=demo(demo_slide))
     verdicts = compare_trees(full_run / "results", tmp_path / "results")
     bad = {path: v for path, v in verdicts.items() if v.startswith(("DIFFERS", "MISSING"))}
     assert not bad, bad
@@ -85,18 +84,15 @@ def test_two_fresh_runs_give_identical_results(full_run, tmp_path, demo_slide):
 
 
 def test_nothing_to_do_after_a_run(full_run, demo_slide):
-    proc = run_workflow(
-        full_run, samples=demo(demo_slide), config={"stages": existing_stages()}, args=["-n"]
-    )
+    proc = run_workflow(full_run, samples=demo(demo_slide), args=["-n"])
     assert planned_jobs(proc.stdout) == {}, proc.stdout[-2000:]
 
 
 def test_changed_mask_setting_reruns_mask_and_downstream_only(full_run, demo_slide):
-    stages = {"stages": existing_stages()}
     proc = run_workflow(
         full_run,
         samples=demo(demo_slide),
-        config={**stages, "mask": {"closing_um": 30.0}},
+        config={"mask": {"closing_um": 30.0}},
         args=["-n", "--rerun-triggers", "params"],
     )
     jobs = planned_jobs(proc.stdout)
@@ -128,12 +124,7 @@ def test_report_builds_offline(full_run, demo_slide, monkeypatch):
     # Any attempt to reach the network goes to a closed port and fails.
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
-    proc = run_workflow(
-        full_run,
-        samples=demo(demo_slide),
-        config={"stages": existing_stages()},
-        args=["--report", "report.html"],
-    )
+    proc = run_workflow(full_run, samples=demo(demo_slide), args=["--report", "report.html"])
     report = (full_run / "report.html").read_text()
     assert "results/cohort/summary.html" in report, proc.stdout[-2000:]
     assert "results/demo/mask/overlay.png" in report

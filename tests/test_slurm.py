@@ -13,13 +13,13 @@ import time
 
 import pytest
 import yaml
-from conftest import REPO, run_workflow
+from conftest import DEMO_SAMPLE, REPO, run_workflow
 from histoflow.manifest import compare_trees
 from slurm.cluster import SlurmCluster, SlurmUnavailable
 
 pytestmark = pytest.mark.e2e
 
-DEMO = "CMU-1-Small-Region"
+DEMO = DEMO_SAMPLE
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +57,8 @@ def test_fake_gpu_is_scheduled(cluster):
     assert proc.stdout.strip() == "0"
 
 
-def test_demo_cohort_on_slurm_equals_local_run(cluster, tmp_path, demo_slide):
+def test_demo_cohort_on_slurm_equals_local_run(cluster, tmp_path, demo_slide, demo_run):
     samples = [{"sample": DEMO, "path": demo_slide}]
-    run_workflow(tmp_path / "local", samples=samples)
 
     profile = site_profile(tmp_path / "profile", cluster.partition)
     start = time.monotonic()
@@ -90,8 +89,17 @@ def test_demo_cohort_on_slurm_equals_local_run(cluster, tmp_path, demo_slide):
     ran = {m.group(1) for m in rules if m}
     assert {"mask_tissue", "write_manifest"} <= ran, jobs
     if "infer_patches" in ran:
-        gpu_jobs = [j for j in jobs.values() if "rule_infer_patches" in j["comment"]]
-        assert all("gpu" in j["tres"] for j in gpu_jobs), gpu_jobs
+        gpu_jobs = [j["id"] for j in jobs.values() if "rule_infer_patches" in j["comment"]]
+        assert gpu_jobs
+        for job_id in gpu_jobs:
+            # --gpus=1 shows as TresPerJob (squeue's %b only lists --gres requests).
+            show = subprocess.run(
+                ["scontrol", "show", "job", "-o", job_id],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            ).stdout
+            assert "TresPerJob=gres:gpu:1" in show or "gres/gpu=1" in show, show
 
     # The jobs' own logs name their SLURM job (scripts/_common.py).
     slurm_logs = tmp_path / "slurm" / "logs"
@@ -101,7 +109,7 @@ def test_demo_cohort_on_slurm_equals_local_run(cluster, tmp_path, demo_slide):
         assert found and found.group(1) in submitted, text
 
     # Same results as the workstation run: bytes, or decoded content for the cohort table.
-    verdicts = compare_trees(tmp_path / "local" / "results", tmp_path / "slurm" / "results")
+    verdicts = compare_trees(demo_run / "results", tmp_path / "slurm" / "results")
     bad = {path: v for path, v in verdicts.items() if v.startswith(("DIFFERS", "MISSING"))}
     assert not bad, bad
     assert verdicts[f"{DEMO}/manifest.json"] == "bytes"
