@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import zarr
 from conftest import REPO
-
 from histoflow.io.raw_store import partial_path
 
 # Runs inference in a child process, slowed per batch so it can be killed mid-run.

@@ -2,9 +2,8 @@
 
 import numpy as np
 import zarr
-from PIL import Image
-
 from histoflow.merge.heatmap import RAMP, render_heatmap
+from PIL import Image
 
 
 def test_heatmap_blends_only_covered_pixels(tmp_path):

@@ -1,7 +1,6 @@
 """The benchmark mosaic: a pyramidal tiled TIFF OpenSlide reads with its resolution."""
 
 import numpy as np
-
 from histoflow.slide import open_slide
 from histoflow.synthetic.mosaic import BACKGROUND_RGB, write_mosaic_tiff
 
