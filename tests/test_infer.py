@@ -1,19 +1,32 @@
 """Patch inference: grid, determinism across loaders, TorchScript through the rule, the
-built-in model on generated nuclei, and model/card error cases."""
+built-in model on generated nuclei and on the demo cohort, and model/card error cases."""
+
+import math
 
 import numpy as np
 import pytest
 import torch
 import yaml
 import zarr
-from conftest import REPO, run_workflow
+from conftest import DEMO_SAMPLE, REPO, run_workflow
 from histoflow.errors import ConfigError, ModelError
 from histoflow.inference.grid import make_grid, tissue_fraction
 from histoflow.inference.runner import InferenceOptions, run_inference
 from histoflow.models.card import load_card
 from histoflow.models.loader import load_model
-from PIL import Image
+from histoflow.synthetic.slides import make_nuclei_slide
+from histoflow.tissue import read_mask
+from scipy import ndimage
 from scipy.stats import mannwhitneyu
+
+
+@pytest.fixture(scope="module")
+def nuclei_tiff(tmp_path_factory):
+    """A 768 x 640 px pyramidal TIFF at 0.5 µm/px (mpp from its resolution tags), with a
+    glass band on the left, ~270 nuclei and 4 touching pairs; plus its ground truth."""
+    path = tmp_path_factory.mktemp("nuclei") / "nuclei.tif"
+    truth = make_nuclei_slide(path, width=768, height=640, mpp=0.5, seed=0)
+    return path, truth
 
 
 @pytest.mark.parametrize("shape, stride", [((1000, 700), None), ((257, 256), (200, 128))])
@@ -55,27 +68,41 @@ def _read_raw(path):
     return {k: g["heads"][k][:] for k in g["heads"].array_keys()}, g["boxes"][:], dict(g.attrs)
 
 
-def test_outputs_identical_across_workers_and_batch_sizes(tmp_path, demo_slide):
+def _store_bytes(path):
+    return {
+        str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()
+    }
+
+
+def test_outputs_identical_across_workers_and_batch_sizes(tmp_path, nuclei_tiff):
+    path, truth = nuclei_tiff
     card = load_card("builtin:hed_nuclei")
     model = load_model(card)
-    runs = []
+    # Tissue mask at 4 level-0 px per mask px; the first grid column is 55 % glass.
+    mask, meta = truth.tissue[::4, ::4], {"mask_scale": [4.0, 4.0]}
+    stores = []
     for workers, batch in [(0, 16), (2, 3)]:
         out = tmp_path / f"raw-{workers}-{batch}.zarr"
         opts = InferenceOptions(
             batch_size=batch,
             num_workers=workers,
             chunk_patches=5,
-            stride=(192, 192),
-            dtype="float32",
+            stride=(128, 128),
+            min_tissue_fraction=0.6,
         )
-        run_inference(str(demo_slide), card, model, str(out), opts, sample="cmu")
-        runs.append(_read_raw(out))
-    (a, boxes_a, attrs_a), (b, boxes_b, _) = runs
-    assert np.array_equal(boxes_a, boxes_b) and len(boxes_a) == attrs_a["written"]
-    for head in a:
-        assert np.array_equal(a[head], b[head])
-    assert attrs_a["scale"] == pytest.approx(0.5 / 0.499)
-    assert a["nucleus"].min() >= 0 and a["nucleus"].max() <= 1  # sigmoid applied
+        run_inference(
+            str(path), card, model, str(out), opts, sample="gen", mask=mask, mask_meta=meta
+        )
+        stores.append(out)
+    a, b = (_store_bytes(p) for p in stores)
+    # Same inputs, different loading: the same files with the same bytes.
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
+    heads, boxes, attrs = _read_raw(stores[0])
+    assert attrs["grid_shape"] == [4, 5] and len(boxes) == attrs["written"] == 16
+    assert (boxes[:, 0] > 0).all()  # the glass column is masked out
+    assert attrs["scale"] == 1.0 and attrs["slide_mpp"] == 0.5  # mpp from the TIFF tags
+    assert heads["nucleus"].dtype == np.float16 and heads["nucleus"].shape == (16, 256, 256, 1)
+    assert heads["nucleus"].min() >= 0 and heads["nucleus"].max() <= 1  # sigmoid applied
 
 
 class TinyNet(torch.nn.Module):
@@ -143,51 +170,70 @@ def test_torchscript_through_rule_equals_direct_call(tmp_path, demo_slide):
     )
 
 
-def nuclei_slide(tmp_path, seed=0):
-    """Pink stroma with dark haematoxylin-coloured ellipses; returns PNG path and truth."""
-    rng = np.random.default_rng(seed)
-    h, w = 600, 600
-    img = np.empty((h, w, 3), np.float32)
-    img[:] = (236, 170, 200)
-    truth = np.zeros((h, w), bool)
-    yy, xx = np.mgrid[:h, :w]
-    for _ in range(60):
-        cy, cx = rng.uniform(10, h - 10), rng.uniform(10, w - 10)
-        ry, rx, t = rng.uniform(5, 9), rng.uniform(4, 7), rng.uniform(0, np.pi)
-        dy, dx = yy - cy, xx - cx
-        u, v = dy * np.cos(t) + dx * np.sin(t), -dy * np.sin(t) + dx * np.cos(t)
-        truth |= (u / ry) ** 2 + (v / rx) ** 2 <= 1
-    img[truth] = (75, 45, 130)
-    img += rng.normal(0, 5, img.shape)
-    path = tmp_path / "nuclei.png"
-    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
-    return path, truth
-
-
-def test_default_model_finds_generated_nuclei(tmp_path):
-    path, truth = nuclei_slide(tmp_path)
+def test_default_model_finds_generated_nuclei(tmp_path, nuclei_tiff):
+    path, truth = nuclei_tiff
     card = load_card("builtin:hed_nuclei")
     out = tmp_path / "raw.zarr"
-    run_inference(
-        str(path),
-        card,
-        load_model(card),
-        str(out),
-        InferenceOptions(dtype="float32"),
-        sample="gen",
-        mpp_override=0.5,
-    )
+    run_inference(str(path), card, load_model(card), str(out), InferenceOptions(dtype="float32"))
     heads, boxes, _ = _read_raw(out)
-    prob = np.zeros(truth.shape, np.float32)
-    for (x0, y0, x1, y1), p in zip(boxes, heads["nucleus"][..., 0]):
+    prob = np.zeros(truth.labels.shape, np.float32)
+    energy = np.zeros_like(prob)
+    for (x0, y0, x1, y1), p, e in zip(boxes, heads["nucleus"], heads["energy"]):
         ph, pw = prob[y0:y1, x0:x1].shape
-        prob[y0:y1, x0:x1] = p[:ph, :pw]
-    inside, outside = prob[truth], prob[~truth]
+        prob[y0:y1, x0:x1] = p[:ph, :pw, 0]
+        energy[y0:y1, x0:x1] = e[:ph, :pw, 0]
+    inside, outside = prob[truth.nuclei], prob[~truth.nuclei]
     # Pixel-level ROC AUC (Mann-Whitney U / n1 n2): threshold-free separation of nuclei
-    # from stroma; 0.95 leaves room only for blurred rims at ellipse edges.
+    # from stroma and glass; 0.95 leaves room only for blurred rims at ellipse edges.
     auc = mannwhitneyu(inside, outside).statistic / (inside.size * outside.size)
     assert auc >= 0.95
+    # And at the card's own threshold (0.5): nuclei mostly above, background below.
     assert np.median(inside) > 0.9 and np.median(outside) < 0.1
+    assert (outside > 0.5).mean() < 0.01
+    # Energy: one local maximum (5 px = 2.5 µm window, under the smallest radius) per
+    # nucleus, so watershed markers split the touching pairs.
+    peaks = (energy == ndimage.maximum_filter(energy, 5)) & (prob > 0.5)
+    per_nucleus = ndimage.sum(peaks, truth.labels, np.arange(1, truth.labels.max() + 1))
+    assert (per_nucleus == 1).mean() >= 0.95
+    assert truth.touching and all(
+        per_nucleus[a - 1] == per_nucleus[b - 1] == 1 for a, b in truth.touching
+    )
+    assert (peaks & ~truth.nuclei).sum() <= 0.02 * len(per_nucleus)
+
+
+@pytest.mark.e2e
+def test_demo_cohort_raw_store(demo_run):
+    """The demo slide through the default config: raw.zarr per the contract, patches
+    where the tissue mask says, nuclei found on real H&E, progress and benchmark files."""
+    res = demo_run / "results" / DEMO_SAMPLE
+    g = zarr.open_group(str(res / "infer" / "raw.zarr"), mode="r")
+    attrs = dict(g.attrs)
+    contract = {"sample", "model", "weights_sha256", "mpp", "slide_mpp", "scale"}
+    contract |= {"slide_dimensions", "shape", "patch_input", "patch_output", "stride"}
+    contract |= {"grid_shape", "heads", "versions"}
+    assert contract <= attrs.keys()
+    assert attrs["model"]["name"] == "hed_nuclei" and attrs["weights_sha256"] is None
+    assert attrs["sample"] == DEMO_SAMPLE and attrs["slide_dimensions"] == [2220, 2967]
+    assert attrs["scale"] == pytest.approx(0.5 / 0.499)
+    assert attrs["shape"] == [math.ceil(2967 / attrs["scale"]), math.ceil(2220 / attrs["scale"])]
+    boxes, grid = g["boxes"][:], g["grid"][:]
+    sy, sx = attrs["stride"]
+    assert np.array_equal(boxes[:, :2], grid[:, ::-1] * [sx, sy])
+    assert np.array_equal(np.lexsort((grid[:, 1], grid[:, 0])), np.arange(len(grid)))
+    # Exactly the grid boxes with enough tissue in the stage's mask were computed.
+    mask, meta = read_mask(res / "mask" / "mask.png", res / "mask" / "mask.json")
+    full = make_grid(attrs["shape"], attrs["patch_input"], attrs["patch_output"], (sy, sx))
+    s = attrs["scale"]
+    frac = tissue_fraction(full.boxes, mask, (s / meta["mask_scale"][0], s / meta["mask_scale"][1]))
+    assert np.array_equal(full.boxes[frac >= max(attrs["min_tissue_fraction"], 1e-12)], boxes)
+    assert 0 < len(boxes) < len(full.boxes)
+    nucleus = g["heads"]["nucleus"][:]
+    assert nucleus.shape == (len(boxes), 256, 256, 1) and nucleus.dtype == np.float16
+    # Real H&E: some but not most of the tissue is nuclei.
+    assert 0.02 < (nucleus > 0.5).mean() < 0.5
+    log = (demo_run / "logs" / "infer_patches" / f"{DEMO_SAMPLE}.log").read_text()
+    assert "patch/s" in log and "patches/s" in log
+    assert (demo_run / "benchmarks" / "infer_patches" / f"{DEMO_SAMPLE}.tsv").is_file()
 
 
 def test_unknown_model_is_named():
@@ -227,18 +273,33 @@ def test_card_schema_error_names_field(tmp_path):
         load_card(path)
 
 
-def tiny_factory():
-    return TinyNet()
+TINY_MODULE = """
+import torch
 
 
-def test_entrypoint_weights_only(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(tmp_path))
-    (tmp_path / "tinymod.py").write_text(
-        "import torch\nfrom test_infer import TinyNet\n\ndef make():\n    return TinyNet()\n"
-    )
+class TinyNet(torch.nn.Module):
+    def __init__(self, width=4):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, width, 5)
+        self.cls = torch.nn.Conv2d(width, 3, 1)
+
+    def forward(self, x):
+        f = torch.relu(self.conv(x))
+        return {"tissue": self.cls(f), "density": f[:, :1]}
+
+
+def make(width=4):
+    return TinyNet(width)
+"""
+
+
+def test_entrypoint_next_to_card_with_weights_only(tmp_path):
+    (tmp_path / "tinymod.py").write_text(TINY_MODULE)
     torch.save(TinyNet().state_dict(), tmp_path / "w.pt")
-    card = load_card(write_tiny_card(tmp_path, {"entrypoint": "tinymod:make", "weights": "w.pt"}))
-    load_model(card)
+    source = {"entrypoint": "tinymod:make", "weights": "w.pt", "kwargs": {"width": 4}}
+    card = load_card(write_tiny_card(tmp_path, source))
+    model = load_model(card)  # imported from the card's folder, not from sys.path
+    assert torch.equal(model.conv.weight, TinyNet().conv.weight)
     assert card.weights_sha256()
     # A pickled module (not a state dict of tensors) needs arbitrary unpickling: refused.
     torch.save(TinyNet(), tmp_path / "w.pt")
@@ -247,3 +308,19 @@ def test_entrypoint_weights_only(tmp_path, monkeypatch):
     (tmp_path / "w.pt").write_bytes(b"garbage")
     with pytest.raises(ModelError, match="weights file '.*w.pt'"):
         load_model(load_card(str(tmp_path / "tiny.yaml")))
+    torch.save(TinyNet().state_dict(), tmp_path / "w.pt")
+    source["kwargs"] = {"width": 8}  # weights no longer fit the model
+    with pytest.raises(ModelError, match="weights file '.*w.pt' does not fit 'tinymod:make'"):
+        load_model(load_card(write_tiny_card(tmp_path, source)))
+    source["entrypoint"] = "tinymod:missing"
+    with pytest.raises(ModelError, match="field 'source.entrypoint': cannot import"):
+        load_model(load_card(write_tiny_card(tmp_path, source)))
+
+
+def test_misspelt_card_key_is_refused(tmp_path):
+    path = write_tiny_card(tmp_path, {"builtin": "hed_nuclei"})
+    card = yaml.safe_load(open(path))
+    card["postproces"] = []
+    open(path, "w").write(yaml.safe_dump(card))
+    with pytest.raises(ModelError, match="model card .*tiny.yaml.*postproces"):
+        load_card(path)

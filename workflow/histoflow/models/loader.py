@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import sys
 
 import torch
 from torch import nn
@@ -43,13 +44,29 @@ def build_model(card: ModelCard) -> nn.Module:
 def _from_entrypoint(card: ModelCard) -> nn.Module:
     spec = card.card["source"]["entrypoint"]
     module_name, func_name = spec.split(":")
+    # A model.py shipped next to its card imports without installing it; installed
+    # packages of the same name still win, as the folder goes last on the path.
+    folder = str(card.path.parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.append(folder)
     try:
         func = getattr(importlib.import_module(module_name), func_name)
     except (ImportError, AttributeError) as exc:
         raise ModelError(
             f"model card '{card.path}': field 'source.entrypoint': cannot import '{spec}' ({exc})"
         ) from exc
-    model = func()
+    finally:
+        if added:
+            sys.path.remove(folder)
+    kwargs = card.card["source"].get("kwargs", {})
+    try:
+        model = func(**kwargs)
+    except Exception as exc:  # any failure of user code that builds the model
+        raise ModelError(
+            f"model card '{card.path}': field 'source.entrypoint': '{spec}' failed "
+            f"with kwargs {kwargs}: {type(exc).__name__}: {exc}"
+        ) from exc
     if not isinstance(model, nn.Module):
         raise ModelError(f"entry point '{spec}' returned {type(model).__name__}, not nn.Module")
     weights = card.file("weights")
