@@ -177,6 +177,16 @@ def test_margin_smaller_than_the_post_processing_reach_is_refused(tmp_path):
         extract(path, Options(tile_shape=(64, 64), margin=8))
 
 
+def test_margin_not_smaller_than_the_tile_is_refused(tmp_path):
+    path = sm.write_maps(
+        tmp_path / "m.zarr", sm.make_objects([]), (300, 300), sm.card("watershed", HEADS), HEADS
+    )
+    with pytest.raises(
+        ConfigError, match=r"'instances.margin': 64 px is not smaller than the tile"
+    ):
+        extract(path, Options(tile_shape=(64, 64), margin=64))
+
+
 def test_failure_leaves_no_table(tmp_path):
     card = sm.card("watershed", HEADS, params={"no_such": 1})
     path = sm.write_maps(tmp_path / "m.zarr", sm.make_objects([]), (64, 64), card, HEADS)

@@ -281,6 +281,12 @@ def extract(
         else:
             tile_shape = tiling.round_tile_shape(options.tile_shape, maps.attrs.get("patch_output"))
             margin = int(options.margin)
+            if margin >= min(tile_shape):
+                raise ConfigError(
+                    f"config field 'instances.margin': {margin} px is not smaller than the tile "
+                    f"{list(tile_shape)} (instances.tile_shape); each tile would read more "
+                    "context than it owns: lower the margin or raise the tile shape"
+                )
             need = max((t.halo for t in tasks if t.kind == "instances"), default=1)
             if margin <= need and (tile_shape[0] < H or tile_shape[1] < W):
                 raise ConfigError(
