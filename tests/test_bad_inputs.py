@@ -88,3 +88,23 @@ def test_blank_slide_gives_valid_empty_outputs(cohort):
     meta = json.loads((out / "mask.json").read_text())
     assert meta["tissue_fraction"] == 0 and meta["warnings"] == ["no tissue found"]
     assert not np.asarray(Image.open(out / "mask.png")).any()
+
+
+def test_blank_slide_runs_every_stage_with_empty_outputs(tmp_path):
+    import pyarrow.parquet as pq
+    import zarr
+
+    Image.fromarray(np.full((700, 600, 3), 246, np.uint8)).save(tmp_path / "blank.png")
+    run_workflow(
+        tmp_path, samples=[{"sample": "blank", "path": tmp_path / "blank.png", "mpp": 0.5}]
+    )
+    res = tmp_path / "results" / "blank"
+    assert zarr.open_group(str(res / "infer" / "raw.zarr"), mode="r")["boxes"].shape[0] == 0
+    maps = zarr.open_group(str(res / "merge" / "maps.zarr"), mode="r")
+    assert not maps["coverage"][:].any()
+    assert pq.read_table(res / "instances" / "instances.parquet").num_rows == 0
+    geojson = json.loads((res / "export" / "blank.geojson").read_text())
+    assert geojson["type"] == "FeatureCollection" and geojson["features"] == []
+    summary = (res / "export" / "blank.summary.tsv").read_text().splitlines()
+    row = dict(zip(summary[0].split("\t"), summary[1].split("\t")))
+    assert float(row["tissue_area_mm2"]) == 0 and int(row["objects"]) == 0
