@@ -85,8 +85,8 @@ def resolve_card_path(spec: str) -> Path:
     return path
 
 
-def load_card(spec: str) -> ModelCard:
-    path = resolve_card_path(spec)
+def read_card(path: Path) -> dict:
+    """Parse a card file and validate it against the schema, filling defaults."""
     try:
         card = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -101,6 +101,12 @@ def load_card(spec: str) -> ModelCard:
         e = errors[0]
         field = ".".join(str(p) for p in e.absolute_path) or "(top level)"
         raise ModelError(f"model card '{path}': field '{field}': {e.message}")
+    return card
+
+
+def load_card(spec: str) -> ModelCard:
+    path = resolve_card_path(spec)
+    card = read_card(path)
     _check_consistency(card, path)
     for key in ("torchscript", "weights"):
         value = card["source"].get(key)

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from histoflow.config import DefaultingValidator, load_schema
 from histoflow.errors import ModelError
-from histoflow.models.card import ModelCard, resolve_card_path
+from histoflow.models.card import ModelCard, read_card, resolve_card_path
 
 CARDS = Path(__file__).resolve().parent / "cards"
 
@@ -125,20 +124,7 @@ def _resolve(spec: str) -> Path:
 def load_tile_card(spec: str | os.PathLike) -> TileCard:
     """A tile card by built-in name (`builtin:stain_stats`) or path, validated."""
     path = _resolve(str(spec))
-    try:
-        card = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ModelError(f"model card '{path}' is not valid YAML: {exc}") from exc
-    if not isinstance(card, dict):
-        raise ModelError(f"model card '{path}' must be a mapping")
-    errors = sorted(
-        DefaultingValidator(load_schema("model_card.schema.yaml")).iter_errors(card),
-        key=lambda e: list(e.path),
-    )
-    if errors:
-        e = errors[0]
-        field = ".".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise _fail(path, field, e.message)
+    card = read_card(path)
     _check_tile_card(card, path)
     return TileCard(card=card, path=path.resolve())
 
