@@ -77,16 +77,18 @@ def main() -> None:
         "gpu=1",
     ]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    # Output to a file: a pipe read only at the end fills up and blocks Snakemake.
+    log_path = work / "soak.log"
+    log_file = log_path.open("w")
+    proc = subprocess.Popen(cmd, cwd=work, stdout=log_file, stderr=subprocess.STDOUT, text=True)
     ps = psutil.Process(proc.pid)
     peak = 0
     while proc.poll() is None:
         peak = max(peak, tree_rss(ps))
         time.sleep(0.2)
     wall = time.perf_counter() - t0
-    output = proc.stdout.read()
+    log_file.close()
+    output = log_path.read_text(errors="replace")
     done = sum(
         (work / "results" / f"soak{i:02d}" / "manifest.json").exists() for i in range(args.slides)
     )
