@@ -95,3 +95,62 @@ def test_changed_settings_discard_partial(tmp_path, demo_slide):
         tmp_path / "r.zarr", boxes, boxes[:, :2], heads, (4, 4), {"a": 2}, chunk_patches=1
     )
     assert other.written == 0
+
+
+def test_background_writer_same_bytes_and_errors_surface(tmp_path):
+    from histoflow.io.raw_store import RawStoreWriter
+
+    rng = np.random.default_rng(0)
+    boxes = np.array([[4 * i, 0, 4 * i + 4, 4] for i in range(11)])
+    heads = [{"name": "p", "channels": 2}]
+    data = rng.random((11, 4, 4, 2)).astype(np.float16)
+    stores = []
+    for background in (False, True):
+        w = RawStoreWriter(
+            tmp_path / f"{background}.zarr",
+            boxes,
+            boxes[:, :2],
+            heads,
+            (4, 4),
+            {"a": 1},
+            chunk_patches=3,
+            background=background,
+        )
+        for i in range(0, 11, 4):  # batches of 4 across chunks of 3
+            w.append({"p": data[i : i + 4]})
+        stores.append(w.close())
+    a, b = ({f.relative_to(s): f.read_bytes() for f in s.rglob("*") if f.is_file()} for s in stores)
+    assert a == b
+    assert np.array_equal(zarr.open_group(str(stores[1]), mode="r")["heads"]["p"][:], data)
+    # Batches that do not fit the store are refused (zarr itself would crop them).
+    w = RawStoreWriter(tmp_path / "x.zarr", boxes, boxes[:, :2], heads, (4, 4), {})
+    with pytest.raises(ValueError, match="head 'p' patches have shape"):
+        w.append({"p": np.zeros((3, 5, 5, 2), np.float16)})
+    with pytest.raises(ValueError, match="more patches than the 11 boxes"):
+        w.append({"p": np.zeros((12, 4, 4, 2), np.float16)})
+    # A write that fails in the thread (a full disk, say) is raised in the caller, and
+    # nothing is published.
+    w = RawStoreWriter(
+        tmp_path / "bad.zarr",
+        boxes,
+        boxes[:, :2],
+        heads,
+        (4, 4),
+        {},
+        chunk_patches=3,
+        background=True,
+    )
+
+    class FullDisk:
+        shape = w.arrays["p"].shape
+
+        def __setitem__(self, key, value):
+            raise OSError(28, "No space left on device")
+
+    w.arrays["p"] = FullDisk()
+    with pytest.raises(OSError, match="No space left"):
+        for i in range(0, 11, 4):
+            w.append({"p": data[i : i + 4]})
+        w.close()
+    w.abort()
+    assert not (tmp_path / "bad.zarr").exists()

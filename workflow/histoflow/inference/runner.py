@@ -177,6 +177,7 @@ def run_inference(
         attrs,
         dtype=opts.dtype,
         chunk_patches=opts.chunk_patches,
+        background=True,
     )
     log.info(
         "%d patches (grid %dx%d, stride %s) at %.3f µm/px, %d to compute",
@@ -214,27 +215,31 @@ def run_inference(
         mininterval=5.0,
         file=None,
     )
-    with torch.inference_mode():
-        for batch in loader:
-            x = batch.to(device, non_blocking=cuda).float()
-            x = (x / scale - mean) / std
-            if autocast is not None:
-                with torch.autocast("cuda", dtype=autocast):
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                x = batch.to(device, non_blocking=cuda).float()
+                x = (x / scale - mean) / std
+                if autocast is not None:
+                    with torch.autocast("cuda", dtype=autocast):
+                        raw = model(x)
+                else:
                     raw = model(x)
-            else:
-                raw = model(x)
-            outs = outputs_by_head(card, raw)
-            writer.append(
-                {
-                    h["name"]: activate(outs[h["name"]].float(), h.get("activation", "none"))
-                    .permute(0, 2, 3, 1)
-                    .cpu()
-                    .numpy()
-                    .astype(out_dtype)
-                    for h in card.heads
-                }
-            )
-            bar.update(len(batch))
+                outs = outputs_by_head(card, raw)
+                writer.append(
+                    {
+                        h["name"]: activate(outs[h["name"]].float(), h.get("activation", "none"))
+                        .permute(0, 2, 3, 1)
+                        .cpu()
+                        .numpy()
+                        .astype(out_dtype)
+                        for h in card.heads
+                    }
+                )
+                bar.update(len(batch))
+    except BaseException:
+        writer.abort()  # chunks already on disk stay, for a resume
+        raise
     bar.close()
     writer.close()
     log.info(
