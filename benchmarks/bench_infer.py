@@ -8,8 +8,9 @@ and prints patches, wall and CPU seconds of both, their ratios and peak memory
 (markdown). CPU seconds (the timed section only, DataLoader workers included) are the
 steadier figure on shared machines, where other jobs stretch wall times. Peak memory
 is of the whole process tree (the stage's DataLoader workers included), sampled by
-the parent every 50 ms (summed PSS, and the main process's RSS). On CUDA the forward-only patches sit on the GPU before timing
-and both timings end with a device synchronise.
+the parent every 50 ms (summed PSS, and the main process's RSS). On CUDA the
+forward-only patches sit on the GPU before timing and both timings end with a device
+synchronise.
 
 Goal (issue 3): stage <= 1.15 x forward-only on CPU with a small conv model, peak RSS
 <= 1.5 GB. `--model smallconv` is a 4-layer conv net (TorchScript, random fixed
