@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
 import zarr
+from histoflow.instances.table import SCHEMA
 
 SAMPLE = "S1"
 SLIDE_MPP = 0.25
@@ -170,23 +171,9 @@ def make_instances(path: Path, n: int = 60, seed: int = 0) -> Path:
                 "contour": shapely.to_wkb(g),
             }
         )
-    schema = pa.schema(
-        [
-            ("id", pa.string()),
-            ("task", pa.string()),
-            ("class_id", pa.int32()),
-            ("class_name", pa.string()),
-            ("probability", pa.float32()),
-            ("centroid_x", pa.float64()),
-            ("centroid_y", pa.float64()),
-            ("bbox_x0", pa.float64()),
-            ("bbox_y0", pa.float64()),
-            ("bbox_x1", pa.float64()),
-            ("bbox_y1", pa.float64()),
-            ("area_px", pa.float64()),
-            ("contour", pa.binary()),
-        ],
-        metadata={
+    # The instance table schema of extract_instances, with this fixture's metadata.
+    schema = SCHEMA.with_metadata(
+        {
             "histoflow": json.dumps(
                 {
                     "model": MODEL["name"],

@@ -16,22 +16,10 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from histoflow.export import ExportError
+from histoflow.instances.table import SCHEMA
 
-COLUMNS = (
-    "id",
-    "task",
-    "class_id",
-    "class_name",
-    "probability",
-    "centroid_x",
-    "centroid_y",
-    "bbox_x0",
-    "bbox_y0",
-    "bbox_x1",
-    "bbox_y1",
-    "area_px",
-    "contour",
-)
+# The columns of instances.parquet, as extract_instances writes them.
+COLUMNS = tuple(SCHEMA.names)
 
 # Fixed namespace: object UUIDs depend only on (sample, instance id), so reruns and
 # every export format give the same UUID to the same object.
