@@ -7,9 +7,11 @@ CUDA autocast), passed through each head's activation and written chunk by chunk
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import platform
+import sys
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -84,6 +86,24 @@ class PatchDataset(Dataset):
         return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
 
 
+def bound_heap() -> None:
+    """Fix glibc's mmap threshold at 1 MiB so batch-sized buffers always go back to the OS.
+
+    By default glibc raises the threshold after large frees, after which batch tensors
+    come from the heap; with DataLoader workers the heap then fragments and the main
+    process grew by ~0.6 GB per 1600 patches (RSS 0.4 -> 1.2 GB, flat at ~0.6 GB with
+    the fixed threshold). Setting it once also turns the dynamic adjustment off; forked
+    workers inherit it. No-op off glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -141,6 +161,7 @@ def run_inference(
     mask_meta: dict | None = None,
 ) -> PatchGrid:
     torch.use_deterministic_algorithms(True, warn_only=True)
+    bound_heap()
     with open_slide(slide_path, sample=sample, mpp=mpp_override) as slide:
         grid, shape = plan_grid(slide, card, opts, mask, mask_meta)
         slide_mpp, dims = slide.mpp, slide.dimensions
