@@ -17,6 +17,11 @@ Goal (issue 3): stage <= 1.15 x forward-only on CPU with a small conv model, pea
 weights) whose forward dominates like a real network's; `--model builtin` is the
 weight-free HED model, whose forward is so cheap that reading dominates.
 
+Measured on the shared 2-core CPU box (torch 2.13 CPU, batch 16, 1 worker, 2 threads):
+16384 px smallconv, 1632 patches: stage 114.5 s vs forward-only 104.4 s (1.10 wall,
+1.08 CPU), 14.3 patches/s, peak 819 MB (tree PSS); 8192 px builtin, 328 patches:
+1.91 (reading-bound), 38 patches/s, 557 MB.
+
     .venv/bin/python benchmarks/bench_infer.py --size 16384 --model smallconv
     .venv/bin/python benchmarks/bench_infer.py --device cuda --precision bf16 --workers 8
 """
