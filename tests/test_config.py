@@ -1,11 +1,12 @@
 """Config and sample-sheet validation: every error names the field (and row/sample)."""
 
 import copy
+import re
 
 import pytest
 import yaml
 from conftest import REPO, write_sheet
-from histoflow.config import load_sample_sheet, validate_config
+from histoflow.config import load_sample_sheet, schema_keys, validate_config
 from histoflow.errors import ConfigError
 
 
@@ -85,10 +86,27 @@ def test_missing_column_is_named(tmp_path):
 
 def test_unknown_column_is_named(tmp_path):
     (tmp_path / "s.tsv").write_text("sample\tpath\tstain\na\tx.svs\tHE\n")
-    with pytest.raises(ConfigError, match="unknown column.*'stain'"):
+    with pytest.raises(ConfigError, match=r"unknown column.*'stain'"):
         load_sample_sheet(tmp_path / "s.tsv")
 
 
 def test_missing_sheet_names_config_field(tmp_path):
     with pytest.raises(ConfigError, match="config field 'samples'"):
         load_sample_sheet(tmp_path / "nope.tsv")
+
+
+def test_sheet_refuses_the_reserved_cohort_id(tmp_path):
+    with pytest.raises(ConfigError, match=r"field 'sample': 'cohort' is reserved"):
+        load_sample_sheet(write_sheet(tmp_path / "s.tsv", [{"sample": "cohort", "path": "x"}]))
+
+
+def test_every_schema_key_is_described():
+    undescribed = [key for key, sub in schema_keys().items() if not sub.get("description")]
+    assert undescribed == []
+
+
+def test_config_readme_documents_exactly_the_schema_keys():
+    text = (REPO / "config" / "README.md").read_text()
+    documented = re.findall(r"^\| `([\w.]+)` \|", text, re.M)
+    assert len(documented) == len(set(documented)), "a key is documented twice"
+    assert sorted(documented) == sorted(schema_keys())

@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 
 import pytest
-import yaml
 from conftest import REPO, run_workflow
+from histoflow.config import load_schema
 from histoflow.manifest import compare_trees
 
 pytestmark = pytest.mark.e2e
@@ -24,7 +24,7 @@ def existing_stages() -> list[str]:
     """Stages with rules, in the schema's order (mask, infer, ..., cohort)."""
     text = "\n".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
     registered = set(re.findall(r'^STAGE_TARGETS\["(\w+)"\]', text, re.M))
-    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    schema = load_schema("config.schema.yaml")
     order = schema["properties"]["stages"]["items"]["enum"]
     return [stage for stage in order if stage in registered]
 

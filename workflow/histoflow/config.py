@@ -1,4 +1,7 @@
-"""Config and sample-sheet validation against the JSON schemas in workflow/schemas/.
+"""Config and sample-sheet validation against the JSON schemas in histoflow/schemas/.
+
+The schemas are package data, read through importlib.resources, so a non-editable
+install validates the same way as the checkout.
 
 Errors name the field (config) or the row, sample and column (sheet), so a user
 can fix the file without reading a traceback.
@@ -6,7 +9,10 @@ can fix the file without reading a traceback.
 
 from __future__ import annotations
 
+import copy
 import os
+from functools import cache
+from importlib import resources
 from pathlib import Path
 
 import jsonschema
@@ -15,19 +21,38 @@ import yaml
 
 from histoflow.errors import ConfigError
 
-SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 SHEET_COLUMNS = ("sample", "path", "mpp", "mask")
 
 
 def load_schema(name: str) -> dict:
-    with (SCHEMAS / name).open() as fh:
-        return yaml.safe_load(fh)
+    """The schema `name` (e.g. "config.schema.yaml") shipped in histoflow/schemas/."""
+    # A copy: callers may edit it, the cached parse stays as shipped.
+    return copy.deepcopy(_read_schema(name))
+
+
+@cache
+def _read_schema(name: str) -> dict:
+    text = resources.files("histoflow").joinpath("schemas", name).read_text(encoding="utf-8")
+    return yaml.safe_load(text)
 
 
 def schema_defaults(section: str) -> dict:
     """Default values of one config section, as the schema declares them."""
     props = load_schema("config.schema.yaml")["properties"][section]["properties"]
     return {key: sub["default"] for key, sub in props.items() if "default" in sub}
+
+
+def schema_keys(name: str = "config.schema.yaml") -> dict[str, dict]:
+    """Every key of the schema `name` by dotted path ("mask.thumbnail_mpp") -> its schema."""
+    keys: dict[str, dict] = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, sub in node.get("properties", {}).items():
+            keys[prefix + key] = sub
+            walk(sub, f"{prefix}{key}.")
+
+    walk(load_schema(name), "")
+    return keys
 
 
 def _with_defaults(validator_class):
@@ -68,6 +93,10 @@ def _message(error: jsonschema.ValidationError) -> str:
         return "unknown key (not in the schema; check spelling)"
     if error.validator == "required":
         return "required but missing"
+    if error.validator == "not" and "enum" in error.validator_value:
+        # A reserved name; the schema's list says which names are taken.
+        taken = ", ".join(f"'{v}'" for v in error.validator_value["enum"])
+        return f"'{error.instance}' is reserved (taken under results/: {taken}); rename it"
     return error.message
 
 
@@ -88,6 +117,23 @@ def load_sample_sheet(path: str | os.PathLike) -> pd.DataFrame:
     (Snakemake resolves them against its working directory).
     """
     path = Path(path)
+    frame = _read_sheet(path)
+    validator = jsonschema.Draft202012Validator(load_schema("samples.schema.yaml"))
+    # Line 1 is the header.
+    records = [
+        _sheet_record(raw, path, line, validator)
+        for line, raw in enumerate(frame.to_dict("records"), start=2)
+    ]
+    if not records:
+        raise ConfigError(f"sample sheet '{path}' has no samples")
+    _check_unique([r["sample"] for r in records], path)
+    rows = [{col: r.get(col) for col in SHEET_COLUMNS} for r in records]
+    # object dtype keeps missing values as None (not NaN) and mpp as a Python float.
+    sheet = pd.DataFrame(rows, columns=list(SHEET_COLUMNS), dtype=object)
+    return sheet.set_index("sample", drop=False)
+
+
+def _read_sheet(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise ConfigError(f"sample sheet not found: '{path}' (config field 'samples')")
     try:
@@ -108,29 +154,26 @@ def load_sample_sheet(path: str | os.PathLike) -> pd.DataFrame:
             f"sample sheet '{path}': unknown column(s) {', '.join(map(repr, unknown))} "
             f"(allowed: {', '.join(SHEET_COLUMNS)})"
         )
-    schema = load_schema("samples.schema.yaml")
-    validator = jsonschema.Draft202012Validator(schema)
-    records = []
-    for i, raw in enumerate(frame.to_dict("records")):
-        row_no = i + 2  # header is line 1
-        record = {k: v.strip() for k, v in raw.items() if isinstance(v, str) and v.strip() != ""}
-        if "mpp" in record:
-            try:
-                record["mpp"] = float(record["mpp"])
-            except ValueError:
-                raise ConfigError(
-                    f"sample sheet '{path}' line {row_no} (sample '{record.get('sample', '?')}'):"
-                    f" field 'mpp': '{record['mpp']}' is not a number"
-                ) from None
-        errors = sorted(validator.iter_errors(record), key=lambda e: e.path)
-        if errors:
-            lines = [f"field '{_field(e)}': {_message(e)}" for e in errors]
-            raise ConfigError(
-                f"sample sheet '{path}' line {row_no} (sample '{record.get('sample', '?')}'): "
-                + "; ".join(lines)
-            )
-        records.append(record)
-    ids = [r["sample"] for r in records]
+    return frame
+
+
+def _sheet_record(raw: dict, path: Path, line: int, validator) -> dict:
+    """One row, stripped, with mpp as a number, checked against samples.schema.yaml."""
+    record = {k: v.strip() for k, v in raw.items() if isinstance(v, str) and v.strip() != ""}
+    where = f"sample sheet '{path}' line {line} (sample '{record.get('sample', '?')}')"
+    if "mpp" in record:
+        try:
+            record["mpp"] = float(record["mpp"])
+        except ValueError:
+            raise ConfigError(f"{where}: field 'mpp': '{record['mpp']}' is not a number") from None
+    errors = sorted(validator.iter_errors(record), key=lambda e: e.path)
+    if errors:
+        lines = [f"field '{_field(e)}': {_message(e)}" for e in errors]
+        raise ConfigError(f"{where}: " + "; ".join(lines))
+    return record
+
+
+def _check_unique(ids: list[str], path: Path) -> None:
     seen: dict[str, int] = {}
     for i, sample in enumerate(ids):
         if sample in seen:
@@ -139,9 +182,3 @@ def load_sample_sheet(path: str | os.PathLike) -> pd.DataFrame:
                 f"on lines {seen[sample] + 2} and {i + 2}"
             )
         seen[sample] = i
-    if not records:
-        raise ConfigError(f"sample sheet '{path}' has no samples")
-    rows = [{col: r.get(col) for col in SHEET_COLUMNS} for r in records]
-    # object dtype keeps missing values as None (not NaN) and mpp as a Python float.
-    sheet = pd.DataFrame(rows, columns=list(SHEET_COLUMNS), dtype=object)
-    return sheet.set_index("sample", drop=False)
