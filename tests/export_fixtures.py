@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import shapely
 import zarr
-from histoflow.instances.table import SCHEMA
+from histoflow.io.instance_table import SCHEMA, write_instance_table
 
 SAMPLE = "S1"
 SLIDE_MPP = 0.25
@@ -171,24 +170,16 @@ def make_instances(path: Path, n: int = 60, seed: int = 0) -> Path:
                 "contour": shapely.to_wkb(g),
             }
         )
-    # The instance table schema of extract_instances, with this fixture's metadata.
-    schema = SCHEMA.with_metadata(
-        {
-            "histoflow": json.dumps(
-                {
-                    "model": MODEL["name"],
-                    "mpp": MPP,
-                    "slide_mpp": SLIDE_MPP,
-                    "scale": SCALE,
-                    "tile_shape": [256, 256],
-                    "margin": 32,
-                    "tasks": {"nuclei": CLASSES},
-                }
-            )
-        },
-    )
-    table = pa.Table.from_pylist(rows, schema=schema)
-    pq.write_table(table, path)
+    meta = {
+        "model": MODEL["name"],
+        "mpp": MPP,
+        "slide_mpp": SLIDE_MPP,
+        "scale": SCALE,
+        "tile_shape": [256, 256],
+        "margin": 32,
+        "tasks": {"nuclei": CLASSES},
+    }
+    write_instance_table(pa.Table.from_pylist(rows, schema=SCHEMA), path, meta)
     return path
 
 

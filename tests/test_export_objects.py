@@ -12,11 +12,17 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import shapely
-from histoflow.export import ExportError
 from histoflow.export.geojson import export_geojson
-from histoflow.export.instances import object_uuid, open_instances
+from histoflow.export.instances import object_uuid
 from histoflow.export.sqlite_store import export_sqlite, query_rect
 from histoflow.export.tables import export_objects_tsv
+from histoflow.io.instance_table import (
+    InstanceTableError,
+    instance_classes,
+    open_instance_table,
+    read_instance_table,
+    write_instance_table,
+)
 from shapely.geometry import shape
 
 N_ELLIPSES = 60
@@ -173,8 +179,28 @@ def test_objects_tsv(instances, table, geojson, tmp_path):
 def test_unreadable_instance_table_names_the_file(tmp_path):
     bad = tmp_path / "instances.parquet"
     bad.write_bytes(b"not parquet")
-    with pytest.raises(ExportError, match="instances.parquet"):
-        open_instances(bad)
-    with pytest.raises(ExportError, match="instances.parquet"):
+    with pytest.raises(InstanceTableError, match=r"instances\.parquet"):
+        open_instance_table(bad)
+    with pytest.raises(InstanceTableError, match=r"instances\.parquet"):
         export_geojson(bad, tmp_path / "x.geojson", "S1")
     assert not (tmp_path / "x.geojson").exists()
+
+
+def test_class_list_is_read_from_the_tasks_extract_instances_writes(instances):
+    table, meta = read_instance_table(instances)
+    assert meta["tasks"] == {"nuclei": fx.CLASSES}
+    assert instance_classes(meta) == [("nuclei", c["name"]) for c in fx.CLASSES]
+    assert open_instance_table(instances).classes() == instance_classes(meta)
+    assert table.num_rows == N_ELLIPSES + 3
+
+
+def test_a_class_list_shape_nothing_writes_is_refused(tmp_path):
+    table, meta = read_instance_table(fx.make_instances(tmp_path / "instances.parquet", 3))
+    meta["tasks"] = {"nuclei": {"classes": fx.CLASSES}}
+    odd = tmp_path / "odd.parquet"
+    write_instance_table(table, odd, meta)
+    with pytest.raises(InstanceTableError, match=r"odd\.parquet.*'tasks'"):
+        open_instance_table(odd)
+    with pytest.raises(InstanceTableError, match=r"odd\.parquet"):
+        export_objects_tsv(odd, tmp_path / "odd.tsv", fx.SAMPLE)
+    assert not (tmp_path / "odd.tsv").exists()

@@ -1,25 +1,18 @@
-"""Reading the instance table (`instances.parquet`) in bounded batches.
+"""What every exporter of objects shares: object UUIDs, class colours, valid polygons.
 
-The table and its `histoflow` metadata are defined in workflow/CONTRACTS.md. Every
-exporter of objects goes through here, so they agree on colours, units and order.
+The instance table itself is read through `histoflow.io.instance_table`; the helpers
+here make the exporters agree on identifiers, colours and geometry.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from histoflow.export import ExportError
-from histoflow.instances.table import SCHEMA
+from histoflow.io.instance_table import InstanceTable
 
-# The columns of instances.parquet, as extract_instances writes them.
-COLUMNS = tuple(SCHEMA.names)
+RGB = tuple[int, int, int]
 
 # Fixed namespace: object UUIDs depend only on (sample, instance id), so reruns and
 # every export format give the same UUID to the same object.
@@ -41,10 +34,11 @@ PALETTE = (
 
 
 def object_uuid(sample: str, instance_id: str) -> str:
+    """The object's UUID: a function of the sample and the instance id only."""
     return str(uuid.uuid5(OBJECT_NAMESPACE, f"{sample}/{instance_id}"))
 
 
-def parse_color(value, index: int = 0) -> tuple[int, int, int]:
+def parse_color(value, index: int = 0) -> RGB:
     """'#rrggbb', '#rgb' or [r, g, b] -> (r, g, b) ints; palette colour if missing."""
     if isinstance(value, str) and value.startswith("#"):
         hexa = value[1:]
@@ -60,61 +54,12 @@ def parse_color(value, index: int = 0) -> tuple[int, int, int]:
     return PALETTE[index % len(PALETTE)]
 
 
-@dataclass
-class InstanceTable:
-    """An opened instance table: metadata now, rows in batches on demand."""
-
-    path: Path
-    meta: dict
-    num_rows: int
-
-    @property
-    def slide_mpp(self) -> float:
-        return float(self.meta["slide_mpp"])
-
-    def color(self, task: str, class_name: str, class_id: int) -> tuple[int, int, int]:
-        classes = self.meta.get("tasks", {}).get(task, {})
-        # `tasks` maps task -> classes, as a list of {name, color} or {"classes": [...]}.
-        if isinstance(classes, dict):
-            classes = classes.get("classes", [])
-        for i, cls in enumerate(classes):
-            if isinstance(cls, dict) and cls.get("name") == class_name:
-                return parse_color(cls.get("color"), i)
-        return parse_color(None, class_id)
-
-    def batches(self, batch_size: int = 4096, columns=COLUMNS) -> Iterator[dict[str, list]]:
-        """Row batches as dicts of column -> Python list, in file order."""
-        pf = pq.ParquetFile(self.path)
-        for batch in pf.iter_batches(batch_size=batch_size, columns=list(columns)):
-            yield batch.to_pydict()
-
-    def classes(self) -> list[tuple[str, str]]:
-        """(task, class name) of every class the metadata declares, in declared order."""
-        out = []
-        for task, classes in self.meta.get("tasks", {}).items():
-            if isinstance(classes, dict):
-                classes = classes.get("classes", [])
-            out += [(task, c["name"]) for c in classes if isinstance(c, dict) and "name" in c]
-        return out
-
-
-def open_instances(path: str | Path) -> InstanceTable:
-    path = Path(path)
-    try:
-        pf = pq.ParquetFile(path)
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"file '{path}': not a readable instance table ({exc})") from exc
-    kv = pf.schema_arrow.metadata or {}
-    raw = kv.get(b"histoflow")
-    if raw is None:
-        raise ExportError(f"file '{path}': parquet metadata has no 'histoflow' key")
-    meta = json.loads(raw)
-    if "slide_mpp" not in meta:
-        raise ExportError(f"file '{path}': 'histoflow' metadata has no 'slide_mpp'")
-    missing = [c for c in COLUMNS if c not in pf.schema_arrow.names]
-    if missing:
-        raise ExportError(f"file '{path}': missing column(s) {', '.join(missing)}")
-    return InstanceTable(path=path, meta=meta, num_rows=pf.metadata.num_rows)
+def class_color(table: InstanceTable, task: str, class_name: str, class_id: int) -> RGB:
+    """The colour the table declares for a class; a palette colour if it declares none."""
+    for i, cls in enumerate(table.task_classes(task)):
+        if cls["name"] == class_name:
+            return parse_color(cls.get("color"), i)
+    return parse_color(None, class_id)
 
 
 def polygonal(geom):

@@ -22,8 +22,9 @@ from pathlib import Path
 import shapely
 
 from histoflow.export import ExportError
-from histoflow.export.instances import object_uuid, open_instances, polygonal_array
+from histoflow.export.instances import object_uuid, polygonal_array
 from histoflow.io.atomic import atomic_output
+from histoflow.io.instance_table import InstanceTable, open_instance_table
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,58 @@ def _json(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def _metadata(table: InstanceTable, sample: str) -> list[tuple[str, str]]:
+    meta = {
+        "sample": sample,
+        "coordinates": "level-0 pixels, x right, y down",
+        "slide_mpp": table.slide_mpp,
+        "model": table.meta.get("model"),
+        "tasks": table.meta["tasks"],
+        "scale": table.meta.get("scale"),
+    }
+    return [(k, _json(v)) for k, v in sorted(meta.items())]
+
+
+def _object_row(fid: int, sample: str, row: dict, geom, mpp: float) -> tuple:
+    props = {
+        "instance_id": row["id"],
+        "task": row["task"],
+        "class_id": int(row["class_id"]),
+        "area_um2": float(row["area_px"]) * mpp * mpp,
+        "centroid_x": float(row["centroid_x"]),
+        "centroid_y": float(row["centroid_y"]),
+    }
+    return (
+        fid,
+        object_uuid(sample, row["id"]),
+        row["class_name"],
+        float(row["probability"]),
+        shapely.to_wkb(geom),
+        _json(props),
+    )
+
+
+def _insert_objects(con: sqlite3.Connection, table: InstanceTable, sample: str) -> int:
+    """Insert every object with polygon area, batch by batch; returns the last fid."""
+    fid = 0
+    for batch in table.batches():
+        rows, boxes = [], []
+        for i, geom in enumerate(polygonal_array(shapely.from_wkb(batch["contour"]))):
+            if geom is None:
+                continue
+            fid += 1
+            row = {k: v[i] for k, v in batch.items()}
+            rows.append(_object_row(fid, sample, row, geom, table.slide_mpp))
+            x0, y0, x1, y1 = geom.bounds
+            boxes.append((fid, x0, x1, y0, y1))
+        con.executemany("INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?)", rows)
+        con.executemany("INSERT INTO objects_rtree VALUES (?, ?, ?, ?, ?)", boxes)
+    return fid
+
+
 def export_sqlite(instances_path: str | Path, out_path: str | Path, sample: str) -> int:
     """Write the store; returns the number of objects."""
-    table = open_instances(instances_path)
-    mpp = table.slide_mpp
-    fid = dropped = 0
+    table = open_instance_table(instances_path)
     with atomic_output(out_path) as tmp:
         con = sqlite3.connect(tmp, isolation_level=None)
         try:
@@ -60,50 +108,12 @@ def export_sqlite(instances_path: str | Path, out_path: str | Path, sample: str)
                     f"sample '{sample}': SQLite lacks the R-tree module ({exc})"
                 ) from exc
             con.execute("BEGIN")
-            meta = {
-                "sample": sample,
-                "coordinates": "level-0 pixels, x right, y down",
-                "slide_mpp": mpp,
-                "model": table.meta.get("model"),
-                "tasks": table.meta.get("tasks", {}),
-                "scale": table.meta.get("scale"),
-            }
-            con.executemany(
-                "INSERT INTO metadata VALUES (?, ?)",
-                [(k, _json(v)) for k, v in sorted(meta.items())],
-            )
-            for batch in table.batches():
-                rows, boxes = [], []
-                for i, geom in enumerate(polygonal_array(shapely.from_wkb(batch["contour"]))):
-                    if geom is None:
-                        dropped += 1
-                        continue
-                    fid += 1
-                    props = {
-                        "instance_id": batch["id"][i],
-                        "task": batch["task"][i],
-                        "class_id": int(batch["class_id"][i]),
-                        "area_um2": float(batch["area_px"][i]) * mpp * mpp,
-                        "centroid_x": float(batch["centroid_x"][i]),
-                        "centroid_y": float(batch["centroid_y"][i]),
-                    }
-                    rows.append(
-                        (
-                            fid,
-                            object_uuid(sample, batch["id"][i]),
-                            batch["class_name"][i],
-                            float(batch["probability"][i]),
-                            shapely.to_wkb(geom),
-                            _json(props),
-                        )
-                    )
-                    x0, y0, x1, y1 = geom.bounds
-                    boxes.append((fid, x0, x1, y0, y1))
-                con.executemany("INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?)", rows)
-                con.executemany("INSERT INTO objects_rtree VALUES (?, ?, ?, ?, ?)", boxes)
+            con.executemany("INSERT INTO metadata VALUES (?, ?)", _metadata(table, sample))
+            fid = _insert_objects(con, table, sample)
             con.execute("COMMIT")
         finally:
             con.close()
+    dropped = table.num_rows - fid
     log.info("%s: %d objects stored, %d without area left out", sample, fid, dropped)
     return fid
 

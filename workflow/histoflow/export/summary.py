@@ -14,8 +14,8 @@ from collections import Counter
 from pathlib import Path
 
 from histoflow.export import ExportError
-from histoflow.export.instances import open_instances
 from histoflow.io.atomic import atomic_output
+from histoflow.io.instance_table import open_instance_table
 
 
 def count_patches(raw_path: str | Path) -> int:
@@ -59,7 +59,7 @@ def summarize(
 ) -> dict[str, str]:
     """The summary row as ordered column -> formatted value."""
     mask = json.loads(Path(mask_json).read_text())
-    table = open_instances(instances)
+    table = open_instance_table(instances)
     counts: Counter = Counter()
     for batch in table.batches(columns=("task", "class_name")):
         counts.update(zip(batch["task"], batch["class_name"], strict=True))

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from histoflow.export.instances import object_uuid, open_instances
+from histoflow.export.instances import object_uuid
 from histoflow.io.atomic import atomic_output
+from histoflow.io.instance_table import open_instance_table
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ def _text(value: str) -> str:
 
 
 def export_objects_tsv(instances_path: str | Path, out_path: str | Path, sample: str) -> int:
-    table = open_instances(instances_path)
+    """Write the TSV; returns the number of objects (rows below the header)."""
+    table = open_instance_table(instances_path)
     mpp2 = table.slide_mpp**2
     n = 0
     with atomic_output(out_path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
