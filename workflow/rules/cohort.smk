@@ -2,16 +2,13 @@
 # Needs the other stages' STAGE_TARGETS, so it is included after them.
 
 
-include: "cohort_common.smk"
-
-
 report: "../report/workflow.rst"
 
 
 STAGE_TARGETS["cohort"] = [
-    "results/{sample}/manifest.json",
-    "results/cohort/summary.tsv",
-    "results/cohort/summary.html",
+    sample_path("manifest_json"),
+    str(COHORT.summary_tsv),
+    str(COHORT.summary_html),
 ]
 
 
@@ -21,12 +18,12 @@ rule write_manifest:
         slide=get_slide,
         user_mask=get_user_mask,
     output:
-        manifest="results/{sample}/manifest.json",
-        run="results/{sample}/run.json",
+        manifest=sample_path("manifest_json"),
+        run=sample_path("run_json"),
     log:
-        "logs/write_manifest/{sample}.log",
+        rule_log("write_manifest"),
     benchmark:
-        "benchmarks/write_manifest/{sample}.tsv"
+        rule_benchmark("write_manifest")
     conda:
         "../../envs/geometry.yaml"
     threads: 1
@@ -37,29 +34,31 @@ rule write_manifest:
         effective_config=slide_config(),
         # sha256 of the whole slide; "fast" hashes the first and last MB and the size.
         checksum="sha256",
-        benchmarks="benchmarks",
+        benchmarks=BENCHMARKS,
     script:
         "../../scripts/write_manifest.py"
 
 
 rule cohort_summary:
     input:
-        manifests=expand("results/{sample}/manifest.json", sample=SAMPLES.index),
+        manifests=expand(sample_path("manifest_json"), sample=SAMPLES.index),
     output:
         tsv=report(
-            "results/cohort/summary.tsv",
+            str(COHORT.summary_tsv),
             caption="../report/cohort_summary.rst",
             category="Cohort",
             labels={"table": "summary (TSV)"},
         ),
         html=report(
-            "results/cohort/summary.html",
+            str(COHORT.summary_html),
             caption="../report/cohort_summary.rst",
             category="Cohort",
             labels={"table": "summary"},
         ),
     log:
-        "logs/cohort_summary/cohort.log",
+        str(log_path("cohort_summary", COHORT_ID)),
+    benchmark:
+        str(benchmark_path("cohort_summary", COHORT_ID))
     conda:
         "../../envs/geometry.yaml"
     threads: 1
@@ -67,8 +66,8 @@ rule cohort_summary:
         mem_mb=1000,
     params:
         sheet=sheet_records(),
-        logs="logs",
-        benchmarks="benchmarks",
+        logs=LOGS,
+        benchmarks=BENCHMARKS,
     script:
         "../../scripts/cohort_summary.py"
 

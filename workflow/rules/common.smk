@@ -1,10 +1,24 @@
-# Config and sample-sheet loading, and the input functions shared by all stages.
+# Shared by every stage: config and sample-sheet validation, the path layout, and the
+# input functions. Functions only (snakemake --lint wants no functions in files with
+# rules); the stage files include nothing else.
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from histoflow.config import load_sample_sheet, validate_config  # noqa: E402
+from histoflow.paths import (  # noqa: E402
+    BENCHMARKS,
+    COHORT as COHORT_ID,
+    LOGS,
+    CohortPaths,
+    SamplePaths,
+    benchmark_path,
+    log_path,
+)
+
+# ---- config and sample sheet (validated first: errors name the field) ----
 
 validate_config(config)
 SAMPLES = load_sample_sheet(config["samples"])
@@ -22,9 +36,36 @@ wildcard_constraints:
     sample="[A-Za-z0-9._-]+",
 
 
-# Each stage file registers the path patterns ("results/{sample}/...") of its final
-# files: STAGE_TARGETS["<stage>"] = [...]. (Lint wants no functions in rule files.)
+# ---- paths: every file name comes from histoflow.paths ----
+
+COHORT = CohortPaths()
+
+
+def sample_path(name, *args):
+    # The pattern of one per-sample file, with the {sample} wildcard.
+    return SamplePaths.pattern(name, *args)
+
+
+def rule_log(rule):
+    return str(log_path(rule, "{sample}"))
+
+
+def rule_benchmark(rule):
+    return str(benchmark_path(rule, "{sample}"))
+
+
+# ---- targets ----
+
+# Each stage file registers the path patterns of its final files:
+# STAGE_TARGETS["<stage>"] = [...] (or a function of the sample).
 STAGE_TARGETS = {}
+
+
+def stage_targets(stage, samples):
+    found = STAGE_TARGETS.get(stage, [])
+    if callable(found):
+        return [target for sample in samples for target in found(sample)]
+    return expand(found, sample=samples)
 
 
 def final_targets():
@@ -32,8 +73,21 @@ def final_targets():
     for stage in config["stages"]:
         if stage not in STAGE_TARGETS:
             raise ValueError(f"config field 'stages': stage '{stage}' has no rules yet")
-        targets.extend(expand(STAGE_TARGETS[stage], sample=SAMPLES.index))
+        targets.extend(stage_targets(stage, SAMPLES.index))
     return targets
+
+
+def get_sample_outputs(wildcards):
+    # Final files of this slide from every enabled per-slide stage: the manifest is
+    # written after them and lists what they are.
+    targets = []
+    for stage in config["stages"]:
+        if stage != "cohort":
+            targets += stage_targets(stage, [wildcards.sample])
+    return targets
+
+
+# ---- the sample sheet's fields ----
 
 
 def sample_row(wildcards):
@@ -69,6 +123,28 @@ def get_sample_mpp(wildcards):
     return float(mpp) if mpp else None
 
 
+def sheet_record(sample):
+    # Plain Python types: numpy scalars would escape the params rerun trigger.
+    row = SAMPLES.loc[sample]
+    mpp = row["mpp"]
+    return {
+        "path": str(row["path"]),
+        "mpp": float(mpp) if mpp else None,
+        "mask": str(row["mask"]) if row["mask"] else None,
+    }
+
+
+def sheet_records():
+    return {str(sample): sheet_record(sample) for sample in SAMPLES.index}
+
+
+def get_sheet_record(wildcards):
+    return sheet_record(wildcards.sample)
+
+
+# ---- the model ----
+
+
 def get_model_files(wildcards):
     # A card given as a path (and the TorchScript/weights file it names) is an input,
     # so replacing the model reruns inference; built-in cards live in the package.
@@ -78,3 +154,48 @@ def get_model_files(wildcards):
     from histoflow.models.card import load_card
 
     return [str(p) for p in load_card(spec).files()]
+
+
+def card_has_semantic_task():
+    # extract_instances writes classmap.zarr only for a card with a semantic task.
+    # A card that does not load is reported by the job that uses it, not here.
+    from histoflow.errors import HistoflowError
+    from histoflow.models.card import load_card
+
+    try:
+        card = load_card(config["model"]["card"]).card
+    except HistoflowError:
+        return False
+    return any(
+        task.get("method") == "semantic" for task in card.get("postprocess") or []
+    )
+
+
+# ---- provenance and the cohort table ----
+
+
+def slide_config():
+    # The effective config of every slide: validated, defaults filled in. The sheet
+    # path is left out: the same slide in another sheet has the same provenance.
+    return {key: value for key, value in config.items() if key != "samples"}
+
+
+def write_summary_after_error():
+    # After a failed run (keep-going) the cohort_summary job cannot run, as its
+    # inputs are missing. Write the table anyway, so failed slides show up with their
+    # error, and backdate it, so the next run rebuilds it through the rule.
+    if "cohort" not in config["stages"]:
+        return
+    if not any(job.rule.name == "cohort_summary" for job in workflow.dag.jobs):
+        return
+    from histoflow.cohort import write_summary
+
+    tsv, html = COHORT.summary_tsv, COHORT.summary_html
+    try:
+        write_summary(sheet_records(), tsv, html)
+        for path in (tsv, html):
+            os.utime(path, (0, 0))
+    except Exception as exc:  # a report of the failure must not hide the failure
+        logger.warning(f"cohort summary not written after the failed run: {exc}")
+        return
+    logger.warning(f"cohort summary with failed slides written to {tsv}")

@@ -3,26 +3,20 @@
 # asks for. Engine: workflow/histoflow/export/.
 
 EXPORT_FILES = {
-    "geojson": "results/{sample}/export/{sample}.geojson",
-    "sqlite": "results/{sample}/export/{sample}.sqlite",
-    "tsv": "results/{sample}/export/{sample}.objects.tsv",
-    "summary": "results/{sample}/export/{sample}.summary.tsv",
-    "zarr": "results/{sample}/export/{sample}.zarr",
-    "hdf5": "results/{sample}/export/{sample}.h5",
-    "npz": "results/{sample}/export/{sample}.npz",
-    "ometiff": "results/{sample}/export/{sample}.ome.tif",
+    fmt: sample_path("export", fmt)
+    for fmt in ("geojson", "sqlite", "tsv", "summary", "zarr", "hdf5", "npz", "ometiff")
 }
 
 STAGE_TARGETS["export"] = [EXPORT_FILES[fmt] for fmt in config["export"]["formats"]]
 
-EXPORT_INSTANCES = "results/{sample}/instances/instances.parquet"
-EXPORT_MAPS = "results/{sample}/merge/maps.zarr"
+EXPORT_INSTANCES = sample_path("instances_parquet")
+EXPORT_MAPS = sample_path("maps_zarr")
 
 # Stage wall times for the summary: the benchmark files of the stage rules defined
 # above this file (so the list follows whichever stages exist).
 EXPORT_BENCHMARKS = (
     [
-        f"benchmarks/{name}/{{sample}}.tsv"
+        rule_benchmark(name)
         for name in (
             "mask_tissue",
             "infer_patches",
@@ -42,7 +36,9 @@ rule export_geojson:
     output:
         EXPORT_FILES["geojson"],
     log:
-        "logs/export_geojson/{sample}.log",
+        rule_log("export_geojson"),
+    benchmark:
+        rule_benchmark("export_geojson")
     conda:
         "../../envs/export.yaml"
     threads: 1
@@ -58,7 +54,9 @@ rule export_sqlite:
     output:
         EXPORT_FILES["sqlite"],
     log:
-        "logs/export_sqlite/{sample}.log",
+        rule_log("export_sqlite"),
+    benchmark:
+        rule_benchmark("export_sqlite")
     conda:
         "../../envs/export.yaml"
     threads: 1
@@ -74,7 +72,9 @@ rule export_tsv:
     output:
         EXPORT_FILES["tsv"],
     log:
-        "logs/export_tsv/{sample}.log",
+        rule_log("export_tsv"),
+    benchmark:
+        rule_benchmark("export_tsv")
     conda:
         "../../envs/export.yaml"
     threads: 1
@@ -86,8 +86,8 @@ rule export_tsv:
 
 rule export_summary:
     input:
-        mask="results/{sample}/mask/mask.json",
-        raw="results/{sample}/infer/raw.zarr",
+        mask=sample_path("mask_json"),
+        raw=sample_path("raw_zarr"),
         instances=EXPORT_INSTANCES,
         benchmarks=EXPORT_BENCHMARKS,
     output:
@@ -98,7 +98,9 @@ rule export_summary:
             labels={"sample": "{sample}"},
         ),
     log:
-        "logs/export_summary/{sample}.log",
+        rule_log("export_summary"),
+    benchmark:
+        rule_benchmark("export_summary")
     conda:
         "../../envs/export.yaml"
     threads: 1
@@ -116,9 +118,9 @@ rule export_zarr:
     output:
         directory(EXPORT_FILES["zarr"]),
     log:
-        "logs/export_zarr/{sample}.log",
+        rule_log("export_zarr"),
     benchmark:
-        "benchmarks/export_zarr/{sample}.tsv"
+        rule_benchmark("export_zarr")
     conda:
         "../../envs/export.yaml"
     threads: 1
@@ -134,9 +136,9 @@ rule export_hdf5:
     output:
         EXPORT_FILES["hdf5"],
     log:
-        "logs/export_hdf5/{sample}.log",
+        rule_log("export_hdf5"),
     benchmark:
-        "benchmarks/export_hdf5/{sample}.tsv"
+        rule_benchmark("export_hdf5")
     conda:
         "../../envs/export.yaml"
     threads: 1
@@ -152,7 +154,9 @@ rule export_npz:
     output:
         EXPORT_FILES["npz"],
     log:
-        "logs/export_npz/{sample}.log",
+        rule_log("export_npz"),
+    benchmark:
+        rule_benchmark("export_npz")
     conda:
         "../../envs/export.yaml"
     threads: 1
@@ -170,9 +174,9 @@ rule export_ometiff:
     output:
         EXPORT_FILES["ometiff"],
     log:
-        "logs/export_ometiff/{sample}.log",
+        rule_log("export_ometiff"),
     benchmark:
-        "benchmarks/export_ometiff/{sample}.tsv"
+        rule_benchmark("export_ometiff")
     conda:
         "../../envs/export.yaml"
     threads: 2

@@ -1,21 +1,21 @@
 # Stage 2: batched patch inference on the GPU (or CPU); raw per-patch outputs to Zarr.
 
 
-STAGE_TARGETS["infer"] = ["results/{sample}/infer/raw.zarr"]
+STAGE_TARGETS["infer"] = [sample_path("raw_zarr")]
 
 
 rule infer_patches:
     input:
         slide=get_slide,
-        mask="results/{sample}/mask/mask.png",
-        mask_meta="results/{sample}/mask/mask.json",
+        mask=sample_path("mask_png"),
+        mask_meta=sample_path("mask_json"),
         model=get_model_files,
     output:
-        raw=directory("results/{sample}/infer/raw.zarr"),
+        raw=directory(sample_path("raw_zarr")),
     log:
-        "logs/infer_patches/{sample}.log",
+        rule_log("infer_patches"),
     benchmark:
-        "benchmarks/infer_patches/{sample}.tsv"
+        rule_benchmark("infer_patches")
     conda:
         "../../envs/inference.yaml"
     threads: max(1, config["inference"]["num_workers"])

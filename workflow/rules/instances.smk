@@ -2,28 +2,38 @@
 # Stage 4: slide-scale maps -> objects (one row each), tile by tile with margin de-dup.
 from histoflow.instances.resources import estimate_mem_mb
 
+# classmap.zarr exists only for a model card with a semantic task (CONTRACTS.md), so
+# it is declared only then.
+INSTANCES_CLASSMAP = (
+    {"classmap": directory(sample_path("classmap_zarr"))}
+    if card_has_semantic_task()
+    else {}
+)
+
 STAGE_TARGETS["instances"] = [
-    "results/{sample}/instances/instances.parquet",
-    "results/{sample}/instances/overlay.png",
+    sample_path("instances_parquet"),
+    sample_path("instances_overlay_png"),
+    *INSTANCES_CLASSMAP.values(),
 ]
 
 
 rule extract_instances:
     input:
-        maps="results/{sample}/merge/maps.zarr",
+        maps=sample_path("maps_zarr"),
         slide=get_slide,
     output:
-        table="results/{sample}/instances/instances.parquet",
+        **INSTANCES_CLASSMAP,
+        table=sample_path("instances_parquet"),
         overlay=report(
-            "results/{sample}/instances/overlay.png",
+            sample_path("instances_overlay_png"),
             caption="../report/instances_overlay.rst",
             category="Instances",
             labels={"sample": "{sample}"},
         ),
     log:
-        "logs/extract_instances/{sample}.log",
+        rule_log("extract_instances"),
     benchmark:
-        "benchmarks/extract_instances/{sample}.tsv"
+        rule_benchmark("extract_instances")
     conda:
         "../../envs/geometry.yaml"
     threads: config["instances"]["workers"]

@@ -2,8 +2,8 @@
 
 
 STAGE_TARGETS["mask"] = [
-    "results/{sample}/mask/mask.json",
-    "results/{sample}/mask/overlay.png",
+    sample_path("mask_json"),
+    sample_path("mask_overlay_png"),
 ]
 
 
@@ -12,19 +12,19 @@ rule mask_tissue:
         slide=get_slide,
         user_mask=get_user_mask,
     output:
-        mask="results/{sample}/mask/mask.png",
-        thumbnail="results/{sample}/mask/thumbnail.png",
+        mask=sample_path("mask_png"),
+        thumbnail=sample_path("thumbnail_png"),
         overlay=report(
-            "results/{sample}/mask/overlay.png",
+            sample_path("mask_overlay_png"),
             caption="../report/mask_overlay.rst",
             category="Tissue mask",
             labels={"sample": "{sample}"},
         ),
-        meta="results/{sample}/mask/mask.json",
+        meta=sample_path("mask_json"),
     log:
-        "logs/mask_tissue/{sample}.log",
+        rule_log("mask_tissue"),
     benchmark:
-        "benchmarks/mask_tissue/{sample}.tsv"
+        rule_benchmark("mask_tissue")
     conda:
         "../../envs/geometry.yaml"
     threads: 1

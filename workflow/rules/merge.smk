@@ -2,18 +2,18 @@
 # Stage 3: raw per-patch outputs -> slide-scale maps per head, one band of rows at a time.
 from histoflow.merge import resources as merge_resources
 
-STAGE_TARGETS["merge"] = ["results/{sample}/merge/maps.zarr"]
+STAGE_TARGETS["merge"] = [sample_path("maps_zarr")]
 
 
 rule merge_patches:
     input:
-        raw="results/{sample}/infer/raw.zarr",
+        raw=sample_path("raw_zarr"),
     output:
-        maps=directory("results/{sample}/merge/maps.zarr"),
+        maps=directory(sample_path("maps_zarr")),
     log:
-        "logs/merge_patches/{sample}.log",
+        rule_log("merge_patches"),
     benchmark:
-        "benchmarks/merge_patches/{sample}.tsv"
+        rule_benchmark("merge_patches")
     conda:
         "../../envs/inference.yaml"
     # Both follow the band size (slide width x patch height x channels) read from
@@ -27,22 +27,24 @@ rule merge_patches:
         "../../scripts/merge_patches.py"
 
 
-STAGE_TARGETS["merge"].append("results/{sample}/merge/heatmap.png")
+STAGE_TARGETS["merge"].append(sample_path("heatmap_png"))
 
 
 rule render_heatmap:
     input:
-        maps="results/{sample}/merge/maps.zarr",
+        maps=sample_path("maps_zarr"),
         slide=get_slide,
     output:
         report(
-            "results/{sample}/merge/heatmap.png",
+            sample_path("heatmap_png"),
             caption="../report/merge_heatmap.rst",
             category="Heatmaps",
             labels={"sample": "{sample}"},
         ),
     log:
-        "logs/render_heatmap/{sample}.log",
+        rule_log("render_heatmap"),
+    benchmark:
+        rule_benchmark("render_heatmap")
     conda:
         "../../envs/inference.yaml"
     threads: 1

@@ -6,16 +6,11 @@
 
 from histoflow.tiles.model import model_files
 
-TILE_STORES = {
-    "hdf5": "results/{sample}/tiles/{sample}.h5",
-    "zarr": "results/{sample}/tiles/{sample}.zarr",
-    "npz": "results/{sample}/tiles/{sample}.npz",
-}
+TILE_STORES = {fmt: sample_path("tile_store", fmt) for fmt in ("hdf5", "zarr", "npz")}
 TILE_HEATMAPS = {
-    "ometiff": "results/{sample}/export/{sample}.tiles.ome.tif",
-    "png": "results/{sample}/export/{sample}.tiles.png",
+    fmt: sample_path("export", f"tiles_{fmt}") for fmt in ("ometiff", "png")
 }
-TILE_MAP = "results/{sample}/tiles/map.zarr"
+TILE_MAP = sample_path("tile_map_zarr")
 # Zarr stores are directories; Snakemake must be told.
 TILE_STORE_OUTPUTS = [
     directory(TILE_STORES[fmt]) if fmt == "zarr" else TILE_STORES[fmt]
@@ -24,7 +19,7 @@ TILE_STORE_OUTPUTS = [
 
 STAGE_TARGETS["tiles"] = (
     [TILE_STORES[fmt] for fmt in config["tiles"]["formats"]]
-    + ["results/{sample}/tiles/tiles.json"]
+    + [sample_path("tiles_json")]
     + [TILE_HEATMAPS[fmt] for fmt in config["tiles"]["heatmap"]]
 )
 
@@ -32,18 +27,18 @@ STAGE_TARGETS["tiles"] = (
 rule infer_tiles:
     input:
         slide=get_slide,
-        mask="results/{sample}/mask/mask.png",
-        thumbnail="results/{sample}/mask/thumbnail.png",
-        meta="results/{sample}/mask/mask.json",
+        mask=sample_path("mask_png"),
+        thumbnail=sample_path("thumbnail_png"),
+        meta=sample_path("mask_json"),
         model=model_files(config["tiles"]["model"]),
     output:
         stores=TILE_STORE_OUTPUTS,
         map=directory(TILE_MAP),
-        summary="results/{sample}/tiles/tiles.json",
+        summary=sample_path("tiles_json"),
     log:
-        "logs/infer_tiles/{sample}.log",
+        rule_log("infer_tiles"),
     benchmark:
-        "benchmarks/infer_tiles/{sample}.tsv"
+        rule_benchmark("infer_tiles")
     conda:
         "../../envs/tiles.yaml"
     threads: config["tiles"]["num_workers"] + 1
@@ -65,7 +60,9 @@ rule export_tile_ometiff:
     output:
         TILE_HEATMAPS["ometiff"],
     log:
-        "logs/export_tile_ometiff/{sample}.log",
+        rule_log("export_tile_ometiff"),
+    benchmark:
+        rule_benchmark("export_tile_ometiff")
     conda:
         "../../envs/export.yaml"
     threads: 1
@@ -80,7 +77,7 @@ rule export_tile_ometiff:
 rule export_tile_png:
     input:
         map=TILE_MAP,
-        thumbnail="results/{sample}/mask/thumbnail.png",
+        thumbnail=sample_path("thumbnail_png"),
     output:
         report(
             TILE_HEATMAPS["png"],
@@ -89,7 +86,9 @@ rule export_tile_png:
             labels={"sample": "{sample}"},
         ),
     log:
-        "logs/export_tile_png/{sample}.log",
+        rule_log("export_tile_png"),
+    benchmark:
+        rule_benchmark("export_tile_png")
     conda:
         "../../envs/export.yaml"
     threads: 1
