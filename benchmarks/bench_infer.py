@@ -88,7 +88,8 @@ def child(args) -> None:
     """One measured run; prints a JSON line with its figures."""
     import numpy as np
     import torch
-    from histoflow.inference.runner import InferenceOptions, activate, plan_grid, run_inference
+    from histoflow.inference.runner import InferenceOptions, activate, plan_grid
+    from histoflow.inference.runner import run as run_inference
     from histoflow.models.card import load_card
     from histoflow.models.loader import load_model, outputs_by_head
     from histoflow.slide import open_slide
@@ -98,11 +99,13 @@ def child(args) -> None:
     card = load_card(args.card)
     model = load_model(card)
     mask, meta = read_mask(args.workdir / "mask.png", args.workdir / "mask.json")
-    opts = InferenceOptions(
-        batch_size=args.batch,
-        num_workers=args.workers,
-        device=args.device,
-        precision=args.precision,
+    opts = InferenceOptions.from_config(
+        dict(
+            batch_size=args.batch,
+            num_workers=args.workers,
+            device=args.device,
+            precision=args.precision,
+        )
     )
     device = torch.device(args.device)
     cuda = device.type == "cuda"

@@ -145,7 +145,7 @@ def run_copy(args) -> None:
 
 
 def run_generate(args) -> None:
-    from histoflow.merge.synthetic import write_synthetic_raw
+    from histoflow.synthetic.raw import write_synthetic_raw
 
     heads = parse_heads(args.heads)
     patch, stride = (args.patch, args.patch), (args.stride, args.stride)

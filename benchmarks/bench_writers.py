@@ -26,7 +26,7 @@ import json, sys, time
 from pathlib import Path
 sys.path.insert(0, {engine!r})
 import numpy as np
-from histoflow.export.writers import TileResponse, create_writer
+from histoflow.io.tile_stores import TileResponse, create_writer
 
 def status(key):
     for line in Path("/proc/self/status").read_text().splitlines():

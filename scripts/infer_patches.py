@@ -5,7 +5,7 @@ import _common
 
 def main():
     import torch
-    from histoflow.inference.runner import InferenceOptions, run_inference
+    from histoflow.inference.runner import InferenceOptions, run
     from histoflow.models.card import load_dense_card
     from histoflow.models.loader import load_model
     from histoflow.tissue import read_mask
@@ -15,7 +15,7 @@ def main():
     card = load_dense_card(sm.params.card)
     model = load_model(card)
     mask, mask_meta = read_mask(sm.input.mask, sm.input.mask_meta)
-    run_inference(
+    run(
         sm.params.slide,
         card,
         model,

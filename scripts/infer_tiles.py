@@ -4,13 +4,13 @@ import _common
 
 
 def main():
-    from histoflow.tiles.infer import TileOptions, run_infer_tiles
+    from histoflow.tiles.infer import TileOptions, run
     from histoflow.tiles.model import load_tile_card
 
     sm = snakemake  # noqa: F821 - injected by Snakemake
     opts = TileOptions.from_config(dict(sm.params.options))
     card = load_tile_card(opts.model)
-    run_infer_tiles(
+    run(
         sample=sm.wildcards.sample,
         slide_path=sm.params.slide,
         sheet_mpp=sm.params.mpp,

@@ -8,7 +8,7 @@ import openslide
 import pytest
 import torch
 from histoflow.tiles.default_model import StainStats
-from histoflow.tiles.infer import TileOptions, run_infer_tiles
+from histoflow.tiles.infer import TileOptions, run
 from histoflow.tiles.model import load_tile_card
 from histoflow.tissue import MaskOptions, compute_tissue_mask, write_outputs
 from PIL import Image
@@ -28,7 +28,7 @@ def infer(out, slide_path, formats=("hdf5",), **options):
     opts = TileOptions.from_config({"formats": list(formats), "num_workers": 0, **options})
     ext = {"hdf5": ".h5", "zarr": ".zarr", "npz": ".npz"}
     outputs = {f: str(out / f"cmu{ext[f]}") for f in formats}
-    summary = run_infer_tiles(
+    summary = run(
         sample="cmu",
         slide_path=str(slide_path),
         sheet_mpp=None,

@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 import zarr
-from histoflow.export.writers import (
+from histoflow.io.tile_stores import (
     HDF5Writer,
     NPZWriter,
     OutputFormat,

@@ -10,8 +10,8 @@ import yaml
 import zarr
 from conftest import DEMO_SAMPLE, REPO, run_workflow
 from histoflow.errors import ConfigError, ModelError
-from histoflow.inference.grid import make_grid, tissue_fraction
-from histoflow.inference.runner import InferenceOptions, run_inference
+from histoflow.inference.grid import make_grid, mask_cell_fraction
+from histoflow.inference.runner import InferenceOptions, run
 from histoflow.models.card import load_card
 from histoflow.models.loader import load_model
 from histoflow.synthetic.slides import make_nuclei_slide
@@ -50,7 +50,7 @@ def test_grid_respects_mask():
     g = make_grid(
         (400, 320), (64, 64), (64, 64), mask=mask, scale_to_mask=(0.25, 0.25), min_tissue=0.5
     )
-    frac = tissue_fraction(g_all.boxes, mask, (0.25, 0.25))
+    frac = mask_cell_fraction(g_all.boxes, mask, (0.25, 0.25))
     assert len(g.boxes) == (frac >= 0.5).sum() > 0
     kept = {tuple(b) for b in g.boxes}
     for box, f in zip(g_all.boxes, frac):
@@ -83,16 +83,16 @@ def test_outputs_identical_across_workers_and_batch_sizes(tmp_path, nuclei_tiff)
     stores = []
     for workers, batch in [(0, 16), (2, 3)]:
         out = tmp_path / f"raw-{workers}-{batch}.zarr"
-        opts = InferenceOptions(
-            batch_size=batch,
-            num_workers=workers,
-            chunk_patches=5,
-            stride=(128, 128),
-            min_tissue_fraction=0.6,
+        opts = InferenceOptions.from_config(
+            dict(
+                batch_size=batch,
+                num_workers=workers,
+                chunk_patches=5,
+                stride=(128, 128),
+                min_tissue_fraction=0.6,
+            )
         )
-        run_inference(
-            str(path), card, model, str(out), opts, sample="gen", mask=mask, mask_meta=meta
-        )
+        run(str(path), card, model, str(out), opts, sample="gen", mask=mask, mask_meta=meta)
         stores.append(out)
     a, b = (_store_bytes(p) for p in stores)
     # Same inputs, different loading: the same files with the same bytes.
@@ -174,7 +174,8 @@ def test_default_model_finds_generated_nuclei(tmp_path, nuclei_tiff):
     path, truth = nuclei_tiff
     card = load_card("builtin:hed_nuclei")
     out = tmp_path / "raw.zarr"
-    run_inference(str(path), card, load_model(card), str(out), InferenceOptions(dtype="float32"))
+    opts = InferenceOptions.from_config({"dtype": "float32"})
+    run(str(path), card, load_model(card), str(out), opts)
     heads, boxes, _ = _read_raw(out)
     prob = np.zeros(truth.labels.shape, np.float32)
     energy = np.zeros_like(prob)
@@ -224,7 +225,9 @@ def test_demo_cohort_raw_store(demo_run):
     mask, meta = read_mask(res / "mask" / "mask.png", res / "mask" / "mask.json")
     full = make_grid(attrs["shape"], attrs["patch_input"], attrs["patch_output"], (sy, sx))
     s = attrs["scale"]
-    frac = tissue_fraction(full.boxes, mask, (s / meta["mask_scale"][0], s / meta["mask_scale"][1]))
+    frac = mask_cell_fraction(
+        full.boxes, mask, (s / meta["mask_scale"][0], s / meta["mask_scale"][1])
+    )
     assert np.array_equal(full.boxes[frac >= max(attrs["min_tissue_fraction"], 1e-12)], boxes)
     assert 0 < len(boxes) < len(full.boxes)
     nucleus = g["heads"]["nucleus"][:]

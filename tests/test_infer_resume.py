@@ -18,7 +18,7 @@ CHILD = """
 import sys, time
 sys.path.insert(0, {engine!r})
 import torch
-from histoflow.inference.runner import InferenceOptions, run_inference
+from histoflow.inference.runner import InferenceOptions, run
 from histoflow.models.card import load_card
 from histoflow.models.loader import load_model
 card = load_card("builtin:hed_nuclei")
@@ -30,8 +30,8 @@ def slow(x):
     time.sleep({delay})
     return forward(x)
 model.forward = slow
-opts = InferenceOptions(batch_size=4, chunk_patches=8, dtype="float32")
-run_inference({slide!r}, card, model, {out!r}, opts, sample="cmu")
+opts = InferenceOptions.from_config({{"batch_size": 4, "chunk_patches": 8, "dtype": "float32"}})
+run({slide!r}, card, model, {out!r}, opts, sample="cmu")
 print("patches computed:", sum(calls))
 """
 

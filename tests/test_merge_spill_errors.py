@@ -7,7 +7,7 @@ import tempfile
 import pytest
 from histoflow.merge.memory import SpillCache, SpillError
 from histoflow.merge.stitch import MergeOptions, merge_patches
-from histoflow.merge.synthetic import write_synthetic_raw
+from histoflow.synthetic.raw import write_synthetic_raw
 
 
 def test_spill_dir_not_a_directory(tmp_path):

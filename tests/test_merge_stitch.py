@@ -12,7 +12,7 @@ import pytest
 import zarr
 from histoflow.merge.raw import RawPatches, RawStoreError
 from histoflow.merge.stitch import MergeOptions, merge_patches
-from histoflow.merge.synthetic import write_synthetic_raw
+from histoflow.synthetic.raw import write_synthetic_raw
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -87,7 +87,7 @@ def grids(draw):
 
 
 def make_raw(path: Path, g: dict) -> Path:
-    from histoflow.merge.synthetic import grid_boxes
+    from histoflow.synthetic.raw import grid_boxes
 
     _, _, grid_shape = grid_boxes(g["shape"], g["patch"], g["stride"], g["origin"])
     keep = np.random.default_rng(g["seed"]).random(grid_shape) < g["keep_p"]

@@ -185,9 +185,9 @@ def test_png_crop_is_one_sample(tmp_path):
 
 def test_plain_image_map_is_the_same_with_every_write_strategy(tmp_path):
     from histoflow.slide import open_slide
-    from histoflow.tiles.infer import TileOptions, run_infer_tiles
+    from histoflow.synthetic.tissue import tissue_blocks
+    from histoflow.tiles.infer import TileOptions, run
     from histoflow.tissue import MaskOptions, compute_tissue_mask, write_outputs
-    from synthetic_tissue import tissue_blocks
 
     png = tmp_path / "roi.png"
     Image.fromarray(tissue_blocks(300, 260, seed=5)[0]).save(png)
@@ -202,7 +202,7 @@ def test_plain_image_map_is_the_same_with_every_write_strategy(tmp_path):
         opts = TileOptions.from_config(
             {"formats": ["npz"], "write_strategy": strategy, "tile_size": 32, "num_workers": 0}
         )
-        run_infer_tiles(
+        run(
             sample="roi",
             slide_path=str(png),
             sheet_mpp=1.0,

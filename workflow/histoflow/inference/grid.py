@@ -1,9 +1,23 @@
-"""The patch grid at the model's resolution, filtered by the tissue mask.
+"""The patch grid, and the tissue fraction of a box: one home for dense, tile and synthetic grids.
 
-Output boxes tile the slide from the origin with a stride (default: the output
-size); the last row and column are the first whose box reaches the slide edge, so
-every pixel is covered; boxes may extend past the edge (read as background, clipped
-by the merge). Input boxes are the output boxes grown by the context margin.
+Boxes tile an extent from an origin with a stride; the last row and column are the
+first whose box reaches the edge, so every pixel is covered; boxes may extend past
+the edge (read as background, clipped by the merge). `cover` lays out that grid;
+dense inference (`make_grid`), tile inference (`histoflow.tiles.grid`) and the
+synthetic raw stores (`histoflow.synthetic.raw`) all use it.
+
+The tissue fraction of a box has two definitions, each used by one stage:
+
+- `mask_cell_fraction` (dense patches, `inference.min_tissue_fraction`): the share
+  of tissue among the mask pixels that the box touches, its edges rounded outward to
+  the mask grid.
+- `area_fraction` (tiles, `tiles.min_tissue_fraction` and the stores'
+  `tissue_ratio`): the exact share of the box's area covered by tissue, taking the
+  mask as piecewise constant at its own resolution.
+
+They differ when a box edge falls inside a mask pixel: a box one mask pixel high over
+x in [0, 2.5) of the pixels tissue, glass, tissue is 1.5 / 2.5 = 0.6 tissue by area
+and 2 / 3 by whole mask pixels.
 """
 
 from __future__ import annotations
@@ -18,6 +32,8 @@ from histoflow.errors import ConfigError
 
 @dataclass(frozen=True)
 class PatchGrid:
+    """The kept output boxes of a dense grid, with their grid cells and geometry."""
+
     boxes: np.ndarray  # (N, 4) int64 output boxes x0, y0, x1, y1, model pixels, row-major
     grid: np.ndarray  # (N, 2) int64 row, col
     grid_shape: tuple[int, int]  # rows, cols of the full grid (before the tissue filter)
@@ -25,6 +41,7 @@ class PatchGrid:
     margin: tuple[int, int]  # context rows, cols on each side of an output box
 
     def input_boxes(self) -> np.ndarray:
+        """The output boxes grown by the context margin: what the model reads."""
         my, mx = self.margin
         return self.boxes + np.array([-mx, -my, mx, my], dtype=np.int64)
 
@@ -35,13 +52,35 @@ def positions(extent: int, size: int, stride: int) -> np.ndarray:
     return np.arange(count, dtype=np.int64) * stride
 
 
-def tissue_fraction(
+def cover(
+    shape: tuple[int, int],
+    patch: tuple[int, int],
+    stride: tuple[int, int],
+    origin: tuple[int, int] = (0, 0),
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Row-major grid covering `shape` (H, W) from `origin` (y, x).
+
+    Returns boxes (N, 4) int64 x0, y0, x1, y1, their cells (N, 2) int64 row, col, and
+    the grid's (rows, cols).
+    """
+    (height, width), (h, w), (sy, sx), (oy, ox) = shape, patch, stride, origin
+    ys, xs = positions(height - oy, h, sy), positions(width - ox, w, sx)
+    rows, cols = np.meshgrid(np.arange(len(ys)), np.arange(len(xs)), indexing="ij")
+    rows, cols = rows.ravel(), cols.ravel()
+    x0, y0 = ox + xs[cols], oy + ys[rows]
+    boxes = np.stack([x0, y0, x0 + w, y0 + h], axis=1).astype(np.int64).reshape(-1, 4)
+    cells = np.stack([rows, cols], axis=1).astype(np.int64).reshape(-1, 2)
+    return boxes, cells, (len(ys), len(xs))
+
+
+def mask_cell_fraction(
     boxes: np.ndarray, mask: np.ndarray, scale_to_mask: tuple[float, float]
 ) -> np.ndarray:
-    """Fraction of each box (model pixels) covered by tissue, from an integral image.
+    """Share of tissue among the mask pixels each box (model pixels) touches.
 
     `scale_to_mask` is (sx, sy): mask pixels per model pixel. Box edges are rounded
-    to the mask grid; parts outside the mask count as no tissue.
+    outward to the mask grid; parts outside the mask count as no tissue. This is the
+    dense patch filter's definition.
     """
     h, w = mask.shape
     integral = np.zeros((h + 1, w + 1), np.int64)
@@ -57,6 +96,59 @@ def tissue_fraction(
     return inside / ((ux1 - ux0) * (uy1 - uy0))
 
 
+def area_fraction(boxes: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(N,) float32 exact share of each box's area covered by tissue.
+
+    `boxes` (N, 4) float x0, y0, x1, y1 are in mask pixels (fractional edges allowed).
+    The mask is taken as piecewise constant at its own resolution, so a summed-area
+    table interpolated bilinearly is exact; area outside the mask counts as no tissue.
+    This is the tile grid's definition.
+    """
+    x0, y0, x1, y1 = (boxes[:, i] for i in range(4))
+    sat = summed_area(mask)
+    covered = (
+        _sat_at(sat, y1, x1) - _sat_at(sat, y0, x1) - _sat_at(sat, y1, x0) + _sat_at(sat, y0, x0)
+    )
+    ratio = covered / ((x1 - x0) * (y1 - y0))
+    return np.clip(ratio, 0.0, 1.0).astype(np.float32)
+
+
+def summed_area(mask: np.ndarray) -> np.ndarray:
+    """(h + 1, w + 1) float64 table: S[i, j] = sum of mask[:i, :j]."""
+    sat = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.float64)
+    sat[1:, 1:] = np.asarray(mask, np.float64).cumsum(0).cumsum(1)
+    return sat
+
+
+def _sat_at(sat: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The integral of the mask over [0, x) x [0, y) at fractional (y, x), clamped to the mask."""
+    h, w = sat.shape[0] - 1, sat.shape[1] - 1
+    y = np.clip(y, 0, h)
+    x = np.clip(x, 0, w)
+    iy = np.minimum(np.floor(y).astype(np.int64), max(h - 1, 0))
+    ix = np.minimum(np.floor(x).astype(np.int64), max(w - 1, 0))
+    fy, fx = y - iy, x - ix
+    iy1, ix1 = np.minimum(iy + 1, h), np.minimum(ix + 1, w)
+    return (
+        sat[iy, ix] * (1 - fy) * (1 - fx)
+        + sat[iy1, ix] * fy * (1 - fx)
+        + sat[iy, ix1] * (1 - fy) * fx
+        + sat[iy1, ix1] * fy * fx
+    )
+
+
+def check_stride(stride: tuple[int, int], patch_output: tuple[int, int]) -> None:
+    """A dense stride must be positive and at most the output patch (no unpredicted gaps)."""
+    (sy, sx), (oh, ow) = stride, patch_output
+    if sy <= 0 or sx <= 0:
+        raise ConfigError(f"config field 'inference.stride': must be positive, got {[sy, sx]}")
+    if sy > oh or sx > ow:
+        raise ConfigError(
+            f"config field 'inference.stride': {[sy, sx]} is larger than the model's output "
+            f"patch {[oh, ow]}; pixels between patches would never be predicted"
+        )
+
+
 def make_grid(
     shape: tuple[int, int],
     patch_input: tuple[int, int],
@@ -66,28 +158,17 @@ def make_grid(
     scale_to_mask: tuple[float, float] | None = None,
     min_tissue: float = 0.0,
 ) -> PatchGrid:
-    """Grid over a slide of `shape` (H, W) model pixels; keep boxes with enough tissue."""
-    oh, ow = patch_output
-    sy, sx = stride or (oh, ow)
-    if sy <= 0 or sx <= 0:
-        raise ConfigError(f"config field 'inference.stride': must be positive, got {[sy, sx]}")
-    if sy > oh or sx > ow:
-        raise ConfigError(
-            f"config field 'inference.stride': {[sy, sx]} is larger than the model's output "
-            f"patch {[oh, ow]}; pixels between patches would never be predicted"
-        )
-    ys, xs = positions(shape[0], oh, sy), positions(shape[1], ow, sx)
-    rows, cols = np.meshgrid(np.arange(len(ys)), np.arange(len(xs)), indexing="ij")
-    rows, cols = rows.ravel(), cols.ravel()
-    boxes = np.stack([xs[cols], ys[rows], xs[cols] + ow, ys[rows] + oh], axis=1)
+    """Dense grid over a slide of `shape` (H, W) model pixels; keep boxes with enough tissue.
+
+    The stride defaults to the output patch (no overlap); input boxes are the output
+    boxes grown by the context margin.
+    """
+    stride = tuple(stride or patch_output)
+    check_stride(stride, patch_output)
+    boxes, cells, grid_shape = cover(shape, patch_output, stride)
     if mask is not None:
-        keep = tissue_fraction(boxes, mask, scale_to_mask) >= max(min_tissue, 1e-12)
-        boxes, rows, cols = boxes[keep], rows[keep], cols[keep]
+        keep = mask_cell_fraction(boxes, mask, scale_to_mask) >= max(min_tissue, 1e-12)
+        boxes, cells = boxes[keep], cells[keep]
+    oh, ow = patch_output
     margin = ((patch_input[0] - oh) // 2, (patch_input[1] - ow) // 2)
-    return PatchGrid(
-        boxes=boxes.astype(np.int64),
-        grid=np.stack([rows, cols], axis=1).astype(np.int64),
-        grid_shape=(len(ys), len(xs)),
-        stride=(sy, sx),
-        margin=margin,
-    )
+    return PatchGrid(boxes=boxes, grid=cells, grid_shape=grid_shape, stride=stride, margin=margin)

@@ -1,52 +1,53 @@
-"""Batched patch inference over a slide, streaming raw outputs to raw.zarr.
+"""Dense inference (`infer_patches`): the tissue patches of a slide through a dense model.
 
-Patches are read by a torch DataLoader (each worker process opens its own slide
-handle), normalised on the device, run under torch.inference_mode (optionally with
-CUDA autocast), passed through each head's activation and written chunk by chunk.
+Patches are read by the shared inference core (`histoflow.inference.core`: one slide
+handle per DataLoader worker, normalised on the device, optional CUDA autocast),
+passed through each head's activation and streamed to raw.zarr chunk by chunk.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
-import platform
-import sys
-from dataclasses import dataclass
-from importlib import metadata
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from histoflow.errors import ConfigError
+from histoflow.config import schema_defaults
+from histoflow.inference import core
 from histoflow.inference.grid import PatchGrid, make_grid
 from histoflow.io.raw_store import RawStoreWriter
 from histoflow.models.card import ModelCard
 from histoflow.models.loader import outputs_by_head
 from histoflow.slide import Slide, open_slide
+from histoflow.versions import package_versions
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+OUTPUT_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
 @dataclass(frozen=True)
 class InferenceOptions:
-    batch_size: int = 16
-    num_workers: int = 0
-    device: str = "auto"
-    precision: str = "none"
-    stride: tuple[int, int] | None = None
-    min_tissue_fraction: float = 0.1
-    dtype: str = "float16"
-    chunk_patches: int = 64
+    """The config section `inference`; defaults come from the config schema."""
+
+    batch_size: int
+    num_workers: int
+    device: str
+    precision: str
+    stride: tuple[int, int] | None
+    min_tissue_fraction: float
+    dtype: str
+    chunk_patches: int
 
     @classmethod
-    def from_config(cls, options: dict) -> InferenceOptions:
-        opts = {k: v for k, v in options.items() if k in cls.__dataclass_fields__}
-        stride = opts.get("stride")
+    def from_config(cls, options: dict | None = None) -> InferenceOptions:
+        """Options from the config section (keys it lacks take the schema's defaults)."""
+        names = {f.name for f in fields(cls)}
+        opts = {**schema_defaults("inference"), **(options or {})}
+        opts = {k: v for k, v in opts.items() if k in names}
+        stride = opts["stride"]
         if isinstance(stride, int):
             opts["stride"] = (stride, stride)
         elif stride is not None:
@@ -54,65 +55,8 @@ class InferenceOptions:
         return cls(**opts)
 
 
-class PatchDataset(Dataset):
-    """Input patches (uint8, C×H×W) of a grid; opens the slide lazily in each process."""
-
-    def __init__(
-        self,
-        path: str,
-        sample: str | None,
-        mpp_override: float | None,
-        input_boxes: np.ndarray,
-        model_mpp: float,
-    ):
-        self.path, self.sample, self.mpp_override = path, sample, mpp_override
-        self.boxes = input_boxes
-        self.model_mpp = model_mpp
-        self._slide: Slide | None = None
-        self._pid: int | None = None
-
-    def __len__(self) -> int:
-        return len(self.boxes)
-
-    def _handle(self) -> Slide:
-        if self._slide is None or self._pid != os.getpid():
-            self._slide = open_slide(self.path, sample=self.sample, mpp=self.mpp_override)
-            self._pid = os.getpid()
-        return self._slide
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        x0, y0, x1, y1 = (int(v) for v in self.boxes[i])
-        rgb = self._handle().read_region(x0, y0, x1 - x0, y1 - y0, self.model_mpp)
-        return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
-
-
-def bound_heap() -> None:
-    """Fix glibc's mmap threshold at 1 MiB so batch-sized buffers always go back to the OS.
-
-    By default glibc raises the threshold after large frees, after which batch tensors
-    come from the heap; with DataLoader workers the heap then fragments and the main
-    process grew by ~0.6 GB per 1600 patches (RSS 0.4 -> 1.2 GB, flat at ~0.6 GB with
-    the fixed threshold). Setting it once also turns the dynamic adjustment off; forked
-    workers inherit it. No-op off glibc.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"config field 'inference.device': '{name}' asked for, but no CUDA GPU")
-    return torch.device(name)
-
-
 def activate(tensor: torch.Tensor, activation: str) -> torch.Tensor:
+    """A head's activation ('sigmoid', 'softmax' over channels, or 'none')."""
     if activation == "sigmoid":
         return torch.sigmoid(tensor)
     if activation == "softmax":
@@ -120,18 +64,8 @@ def activate(tensor: torch.Tensor, activation: str) -> torch.Tensor:
     return tensor
 
 
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("histoflow", "torch", "numpy", "zarr", "openslide-python", "openslide-bin"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 def plan_grid(slide: Slide, card: ModelCard, opts: InferenceOptions, mask=None, mask_meta=None):
-    """The patch grid of `slide` at the card's mpp, filtered by the tissue mask."""
+    """The patch grid of `slide` at the card's mpp, filtered by the tissue mask, and (H, W)."""
     shape = slide.size_at(card.mpp)[::-1]  # (H, W)
     scale_to_mask = None
     if mask is not None:
@@ -149,29 +83,23 @@ def plan_grid(slide: Slide, card: ModelCard, opts: InferenceOptions, mask=None, 
     ), shape
 
 
-def run_inference(
-    slide_path: str,
+def raw_attrs(
     card: ModelCard,
-    model: torch.nn.Module,
-    out_path: str,
+    grid: PatchGrid,
+    shape: tuple[int, int],
+    slide: Slide,
     opts: InferenceOptions,
-    sample: str | None = None,
-    mpp_override: float | None = None,
-    mask: np.ndarray | None = None,
-    mask_meta: dict | None = None,
-) -> PatchGrid:
-    bound_heap()
-    with open_slide(slide_path, sample=sample, mpp=mpp_override) as slide:
-        grid, shape = plan_grid(slide, card, opts, mask, mask_meta)
-        slide_mpp, dims = slide.mpp, slide.dimensions
-    attrs = {
+    sample: str | None,
+) -> dict:
+    """The attributes of raw.zarr (workflow/CONTRACTS.md)."""
+    return {
         "sample": sample,
         "model": card.card,
         "weights_sha256": card.weights_sha256(),
         "mpp": card.mpp,
-        "slide_mpp": slide_mpp,
-        "scale": card.mpp / slide_mpp,
-        "slide_dimensions": list(dims),
+        "slide_mpp": slide.mpp,
+        "scale": card.mpp / slide.mpp,
+        "slide_dimensions": list(slide.dimensions),
         "shape": list(shape),
         "patch_input": list(card.patch_input),
         "patch_output": list(card.patch_output),
@@ -186,8 +114,46 @@ def run_inference(
             for h in card.heads
         ],
         "min_tissue_fraction": opts.min_tissue_fraction,
-        "versions": versions(),
+        "versions": package_versions(),
     }
+
+
+def head_arrays(card: ModelCard, raw, out_dtype: torch.dtype) -> dict[str, np.ndarray]:
+    """Each head's activated output as an (B, h, w, C) array of `out_dtype`."""
+    outs = outputs_by_head(card, raw)
+    # Cast on the device, then one contiguous NHWC copy: cheaper than numpy's astype on
+    # the strided view, and half the device-to-host bytes for float16.
+    return {
+        h["name"]: activate(outs[h["name"]].float(), h.get("activation", "none"))
+        .to(out_dtype)
+        .permute(0, 2, 3, 1)
+        .contiguous()
+        .cpu()
+        .numpy()
+        for h in card.heads
+    }
+
+
+def run(
+    slide_path: str,
+    card: ModelCard,
+    model: torch.nn.Module,
+    out_path: str,
+    opts: InferenceOptions,
+    sample: str | None = None,
+    mpp_override: float | None = None,
+    mask: np.ndarray | None = None,
+    mask_meta: dict | None = None,
+) -> PatchGrid:
+    """Predict every tissue patch of one slide into raw.zarr at `out_path`; returns the grid.
+
+    A partial store left by an interrupted run with the same grid and options is resumed.
+    """
+    device = core.pick_device(opts.device, "inference.device")
+    core.prepare_process(device)
+    with open_slide(slide_path, sample=sample, mpp=mpp_override) as slide:
+        grid, shape = plan_grid(slide, card, opts, mask, mask_meta)
+        attrs = raw_attrs(card, grid, shape, slide, opts, sample)
     writer = RawStoreWriter(
         out_path,
         grid.boxes,
@@ -207,32 +173,15 @@ def run_inference(
         card.mpp,
         writer.remaining,
     )
-    device = pick_device(opts.device)
-    if device.type == "cuda":
-        # CPU inference kernels are deterministic already; this call imports torch's
-        # compiler stack (~2.4 s), so it is paid only where it matters.
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    model = model.to(device)
-    norm = card.card["input"]
-    mean = torch.tensor(norm["mean"], device=device).view(1, 3, 1, 1)
-    std = torch.tensor(norm["std"], device=device).view(1, 3, 1, 1)
-    scale = float(norm["scale"])
-    dataset = PatchDataset(
-        slide_path, sample, mpp_override, grid.input_boxes()[writer.written :], card.mpp
+    boxes = grid.input_boxes()[writer.written :]
+    regions = np.column_stack(
+        [np.zeros(len(boxes), np.int64), boxes[:, :2], boxes[:, 2:] - boxes[:, :2]]
     )
-    cuda = device.type == "cuda"
-    loader = DataLoader(
-        dataset,
-        batch_size=opts.batch_size,
-        num_workers=opts.num_workers,
-        pin_memory=cuda,
-        persistent_workers=False,
-        prefetch_factor=4 if opts.num_workers else None,
+    dataset = core.SlideRegions(
+        core.slide_opener(slide_path, sample, mpp_override), regions, card.mpp
     )
-    autocast = PRECISIONS[opts.precision] if cuda else None
-    out_dtype = {"float16": torch.float16, "float32": torch.float32}[opts.dtype]
+    loader = core.make_loader(dataset, opts.batch_size, opts.num_workers, device)
+    normalise = core.Normaliser(card.card["input"], device, contiguous=True)
     bar = tqdm(
         total=len(grid.boxes),
         initial=writer.written,
@@ -241,31 +190,11 @@ def run_inference(
         mininterval=5.0,
         file=None,
     )
+    out_dtype = OUTPUT_DTYPES[opts.dtype]
     try:
-        with torch.inference_mode():
-            for batch in loader:
-                x = batch.to(device, non_blocking=cuda).float()
-                x = (x / scale - mean) / std
-                if autocast is not None:
-                    with torch.autocast("cuda", dtype=autocast):
-                        raw = model(x)
-                else:
-                    raw = model(x)
-                outs = outputs_by_head(card, raw)
-                writer.append(
-                    {
-                        # Cast on the device, then one contiguous NHWC copy: 4x faster
-                        # than numpy's astype on the strided view, half the D2H bytes.
-                        h["name"]: activate(outs[h["name"]].float(), h.get("activation", "none"))
-                        .to(out_dtype)
-                        .permute(0, 2, 3, 1)
-                        .contiguous()
-                        .cpu()
-                        .numpy()
-                        for h in card.heads
-                    }
-                )
-                bar.update(len(batch))
+        for n, raw in core.forward_batches(model.to(device), loader, normalise, opts.precision):
+            writer.append(head_arrays(card, raw, out_dtype))
+            bar.update(n)
     except BaseException:
         writer.abort()  # chunks already on disk stay, for a resume
         raise

@@ -1,14 +1,18 @@
-"""Synthetic `infer/raw.zarr` stores that follow workflow/CONTRACTS.md, for tests and
-benchmarks of the merge (and of anything else that reads raw.zarr)."""
+"""Synthetic `infer/raw.zarr` stores that follow workflow/CONTRACTS.md.
+
+For tests and benchmarks of the merge (and of anything else that reads raw.zarr); the
+patch grid is the one dense inference uses.
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import zarr
+
+from histoflow.inference.grid import cover
 
 ValuesFn = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
 
@@ -20,27 +24,26 @@ def grid_boxes(
     origin: tuple[int, int] = (0, 0),
     keep: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """Row-major patch grid covering `shape` (H, W): boxes (N, 4) x0 y0 x1 y1 and grid
-    (N, 2) row col of the kept positions; the last row/column may pass the edge.
-    `keep` (rows, cols) bool drops masked-out positions."""
-    (height, width), (h, w), (sy, sx), (oy, ox) = shape, patch, stride, origin
-    rows = max(1, math.ceil((height - oy - h) / sy) + 1) if height - oy > h else 1
-    cols = max(1, math.ceil((width - ox - w) / sx) + 1) if width - ox > w else 1
+    """The dense patch grid (`histoflow.inference.grid.cover`) of the kept positions.
+
+    Boxes (N, 4) x0 y0 x1 y1 and grid (N, 2) row col, row-major, covering `shape`
+    (H, W) from `origin` (y, x); the last row/column may pass the edge. `keep`
+    (rows, cols) bool drops masked-out positions.
+    """
+    boxes, cells, grid_shape = cover(shape, patch, stride, origin)
     if keep is None:
-        keep = np.ones((rows, cols), bool)
-    if keep.shape != (rows, cols):
-        raise ValueError(f"keep mask has shape {keep.shape}, grid is {(rows, cols)}")
-    r, c = np.nonzero(keep)  # row-major
-    y0, x0 = oy + r * sy, ox + c * sx
-    boxes = np.stack([x0, y0, x0 + w, y0 + h], axis=1).astype(np.int64).reshape(-1, 4)
-    grid = np.stack([r, c], axis=1).astype(np.int64).reshape(-1, 2)
-    return boxes, grid, (rows, cols)
+        return boxes, cells, grid_shape
+    if keep.shape != grid_shape:
+        raise ValueError(f"keep mask has shape {keep.shape}, grid is {grid_shape}")
+    kept = keep.ravel()
+    return boxes[kept], cells[kept], grid_shape
 
 
 def random_values(heads: dict[str, int], patch: tuple[int, int], seed: int, dtype) -> ValuesFn:
+    """Head outputs of seeded uniform noise, drawn batch after batch."""
     rng = np.random.default_rng(seed)
 
-    def values(boxes: np.ndarray, grid: np.ndarray) -> dict[str, np.ndarray]:
+    def values(boxes: np.ndarray, grid: np.ndarray) -> dict[str, np.ndarray]:  # noqa: ARG001 - the ValuesFn signature
         n = len(boxes)
         return {
             name: rng.random((n, *patch, c), dtype=np.float32).astype(dtype)
@@ -67,8 +70,10 @@ def write_synthetic_raw(
     compressors="auto",
     sample: str = "synthetic",
 ) -> zarr.Group:
-    """Write raw.zarr with the contract's members and attributes. `values(boxes, grid)`
-    gives a batch of head outputs (default: seeded uniform noise)."""
+    """Write raw.zarr with the contract's members and attributes.
+
+    `values(boxes, grid)` gives a batch of head outputs (default: seeded uniform noise).
+    """
     boxes, grid, grid_shape = grid_boxes(shape, patch, stride, origin, keep)
     values = values or random_values(heads, patch, seed, dtype)
     n = len(boxes)

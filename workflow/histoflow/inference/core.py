@@ -1,0 +1,168 @@
+"""The inference core shared by dense (`infer_patches`) and tile (`infer_tiles`) inference.
+
+Both stages read rectangles of a slide at the model's resolution through a torch
+DataLoader, normalise them on the device and run the model under
+`torch.inference_mode`. What they share lives here: the device choice, the CUDA
+determinism switches, the bound on the main process's heap, the process-safe region
+dataset, the loader and the normalised forward loop.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from histoflow.errors import ConfigError
+from histoflow.slide import Slide, open_slide
+
+PRECISIONS = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Batches each loader worker keeps ready: enough to hide a slow read behind the model.
+PREFETCH_BATCHES = 4
+
+
+def pick_device(name: str, field: str) -> torch.device:
+    """The torch device `name` ('auto': CUDA when available); `field` names the config key."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"config field '{field}': '{name}' asked for, but no CUDA GPU")
+    return torch.device(name)
+
+
+def prepare_process(device: torch.device) -> None:
+    """Set up the process for a run on `device`: heap bound and CUDA determinism."""
+    bound_heap()
+    if device.type == "cuda":
+        # CPU inference kernels are deterministic already, and this call imports torch's
+        # compiler stack, so it is paid only where it matters.
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def bound_heap() -> None:
+    """Fix glibc's mmap threshold at 1 MiB so batch-sized buffers always go back to the OS.
+
+    By default glibc raises the threshold after large frees, after which batch tensors
+    come from the heap; with DataLoader workers feeding the main process that heap
+    fragments and grows with the slide. Setting the threshold once also turns the
+    dynamic adjustment off; forked workers inherit it. No-op off glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def open_one_slide(path: str, sample: str | None, mpp: float | None) -> list[Slide]:
+    """A slide as a one-sample list, the shape `SlideRegions` expects of its opener."""
+    return [open_slide(path, sample=sample, mpp=mpp)]
+
+
+def slide_opener(path: str, sample: str | None, mpp: float | None) -> Callable[[], list[Slide]]:
+    """A picklable opener of one slide, for `SlideRegions`."""
+    return partial(open_one_slide, str(path), sample, mpp)
+
+
+class SlideRegions(Dataset):
+    """Rectangles of an image's samples as (h, w, 3) uint8 arrays, read at `mpp`.
+
+    `opener()` returns the image's samples (one slide, or the pages of a stack); it is
+    called once in each process that reads, so every DataLoader worker has its own
+    handles. `regions` is (N, 5) int: sample index, x, y, width, height at `mpp`.
+    """
+
+    def __init__(self, opener: Callable[[], Sequence[Slide]], regions: np.ndarray, mpp: float):
+        self.opener, self.regions, self.mpp = opener, np.asarray(regions, np.int64), mpp
+        self._samples: Sequence[Slide] | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        """The number of regions."""
+        return len(self.regions)
+
+    def _handles(self) -> Sequence[Slide]:
+        if self._samples is None or self._pid != os.getpid():
+            self._samples = self.opener()
+            self._pid = os.getpid()
+        return self._samples
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        """The pixels of region `i`."""
+        s, x, y, w, h = (int(v) for v in self.regions[i])
+        return np.ascontiguousarray(self._handles()[s].read_region(x, y, w, h, self.mpp))
+
+
+def stack_regions(batch: list[np.ndarray]) -> torch.Tensor:
+    """Collate (h, w, 3) uint8 regions into one (B, h, w, 3) tensor (module level: picklable)."""
+    return torch.from_numpy(np.stack(batch))
+
+
+def make_loader(
+    dataset: Dataset, batch_size: int, num_workers: int, device: torch.device
+) -> DataLoader:
+    """Batches of `dataset` in order, read by `num_workers` processes (0: this one)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=stack_regions,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=PREFETCH_BATCHES if num_workers else None,
+    )
+
+
+class Normaliser:
+    """Turns a (B, h, w, 3) uint8 batch into the model's (B, 3, h, w) float input on `device`.
+
+    `spec` is the card's `input` section: x / scale, then (x - mean) / std per channel.
+    `contiguous` gives a contiguous NCHW tensor; otherwise the channels-last view of
+    the batch is kept (tile models have always received that layout, and a layout
+    change may change a kernel's rounding).
+    """
+
+    def __init__(self, spec: dict, device: torch.device, contiguous: bool):
+        self.device, self.contiguous = device, contiguous
+        self.mean = torch.tensor(spec["mean"], device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(spec["std"], device=device).view(1, 3, 1, 1)
+        self.scale = float(spec["scale"])
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """The normalised model input of `batch`."""
+        x = batch.to(self.device, non_blocking=self.device.type == "cuda").permute(0, 3, 1, 2)
+        x = (x.float() / self.scale - self.mean) / self.std
+        return x.contiguous() if self.contiguous else x
+
+
+def forward_batches(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    normalise: Normaliser,
+    precision: str = "none",
+) -> Iterator[tuple[int, object]]:
+    """(batch length, model output) per batch, under inference mode.
+
+    `precision` ('none', 'bf16', 'fp16') runs the model under CUDA autocast; it is
+    ignored off CUDA. The caller's handling of each output runs in inference mode too.
+    """
+    autocast = PRECISIONS[precision] if normalise.device.type == "cuda" else None
+    with torch.inference_mode():
+        for batch in loader:
+            x = normalise(batch)
+            if autocast is None:
+                yield len(batch), model(x)
+            else:
+                with torch.autocast("cuda", dtype=autocast):
+                    out = model(x)
+                yield len(batch), out
