@@ -5,13 +5,41 @@ from __future__ import annotations
 import csv
 import json
 
-import pyarrow as pa
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import zarr
 from conftest import run_workflow
 from histoflow.cohort import cohort_table, render_html, write_summary
-from synthetic_tissue import tissue_blocks, write_png
+from histoflow.io.instance_table import (
+    InstanceTableError,
+    Objects,
+    build_table,
+    write_instance_table,
+)
+from histoflow.synthetic.tissue import tissue_blocks
+from histoflow.synthetic.writers import write_png
+
+# The classes of the seeded model card, in card order.
+CLASSES = [{"name": "Tumour", "color": "#f00"}, {"name": "Stroma", "color": "#0f0"}]
+
+
+def write_objects(path, class_names):
+    """An instance table as extract_instances writes it: one nuclei task, one row per name."""
+    n = len(class_names)
+    ids = [next(i for i, c in enumerate(CLASSES) if c["name"] == name) for name in class_names]
+    corner = np.stack([np.arange(n), np.zeros(n)], axis=1).astype(np.int64)
+    objs = Objects(
+        class_id=np.array(ids, np.int32),
+        probability=np.full(n, 0.9, np.float32),
+        centroid=corner[:, ::-1] + 0.5,
+        bbox=np.concatenate([corner[:, ::-1], corner[:, ::-1] + 1], axis=1).astype(float),
+        area=np.ones(n),
+        contour=np.array([b""] * n, dtype=object),
+        corner=corner,
+    )
+    meta = {"model": "test", "slide_mpp": 0.499, "tasks": {"nuclei": CLASSES}}
+    write_instance_table(build_table([("nuclei", CLASSES, objs)]), path, meta)
 
 
 def seed_slide(root, sample, n_patches=None, objects=None, seconds=None):
@@ -33,25 +61,7 @@ def seed_slide(root, sample, n_patches=None, objects=None, seconds=None):
         group = zarr.open_group(str(out / "infer" / "raw.zarr"), mode="w")
         group.create_array("boxes", shape=(n_patches, 4), dtype="int64")
     if objects is not None:
-        (out / "instances").mkdir()
-        table = pa.table(
-            {"task": ["nuclei"] * len(objects), "class_name": objects},
-            metadata={
-                "histoflow": json.dumps(
-                    {
-                        "tasks": {
-                            "nuclei": {
-                                "classes": [
-                                    {"name": "Tumour", "color": "#f00"},
-                                    {"name": "Stroma", "color": "#0f0"},
-                                ]
-                            }
-                        }
-                    }
-                )
-            },
-        )
-        pq.write_table(table, out / "instances" / "instances.parquet")
+        write_objects(out / "instances" / "instances.parquet", objects)
     for rule, s in (seconds or {}).items():
         (root / "benchmarks" / rule).mkdir(parents=True, exist_ok=True)
         (root / "benchmarks" / rule / f"{sample}.tsv").write_text(f"s\tmax_rss\n{s}\t100\n")
@@ -184,3 +194,14 @@ def test_reserved_sample_name_is_refused(tmp_path, demo_slide):
     )
     assert proc.returncode != 0
     assert "field 'sample': 'cohort' is reserved" in proc.stdout
+
+
+def test_only_the_written_metadata_shape_is_read(tmp_path):
+    out = seed_slide(tmp_path, "s1", objects=["Tumour"])
+    table = out / "instances" / "instances.parquet"
+    # {"classes": [...]} per task is not what extract_instances writes: refused by name.
+    data = pq.read_table(table)
+    meta = {"slide_mpp": 0.499, "tasks": {"nuclei": {"classes": CLASSES}}}
+    pq.write_table(data.replace_schema_metadata({"histoflow": json.dumps(meta)}), table)
+    with pytest.raises(InstanceTableError, match=r"instances\.parquet.*'tasks'"):
+        cohort_table({"s1": {"path": "x"}}, tmp_path / "results", tmp_path / "logs")

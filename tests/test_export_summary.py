@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import export_fixtures as fx
 import pandas as pd
 import pytest
+from histoflow.config import schema_defaults
 from histoflow.export import ExportError
 from histoflow.export.summary import summarize, write_summary
 
@@ -37,7 +40,7 @@ def test_summary_row(tmp_path, inputs):
     assert row["time_mask_tissue_s"] == 1.5 and row["time_extract_instances_s"] == 12.25
 
 
-def test_summary_without_timings_is_rerun_stable(tmp_path, inputs):
+def test_summary_without_timings_is_rerun_stable(inputs):
     a = summarize("S1", **inputs, timings=False)
     assert not [k for k in a if k.startswith("time_")]
     inputs["benchmarks"]["mask_tissue"].write_text("s\th:m:s\n9.0\t0:00:09\n")
@@ -55,4 +58,18 @@ def test_bad_benchmark_names_the_file(tmp_path, inputs):
     bad.write_text("seconds\n1.0\n")
     inputs["benchmarks"]["merge_patches"] = bad
     with pytest.raises(ExportError, match=r"bad\.tsv.*column 's'"):
+        summarize("S1", **inputs)
+
+
+def test_timings_default_is_the_schema_default(inputs):
+    assert schema_defaults("export")["summary_timings"] is True
+    assert summarize("S1", **inputs) == summarize("S1", **inputs, timings=True)
+
+
+def test_mask_without_a_field_names_the_file(tmp_path, inputs):
+    mask = json.loads(inputs["mask_json"].read_text())
+    del mask["tissue_area_mm2"]
+    inputs["mask_json"] = tmp_path / "partial.json"
+    inputs["mask_json"].write_text(json.dumps(mask))
+    with pytest.raises(ExportError, match=r"partial\.json.*'tissue_area_mm2'"):
         summarize("S1", **inputs)

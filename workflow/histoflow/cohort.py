@@ -2,13 +2,16 @@
 
 Columns: sample, status, error, slide geometry and tissue area (mask.json), number of
 patches (raw.zarr `boxes`), objects and objects per mm² of tissue, in total and per
-class (instances.parquet), and wall seconds per rule (benchmark files, columns
-`time_<rule>_s`). Only the `time_*_s` columns differ between reruns.
+class (instances.parquet, counted as the export summary counts them), and wall
+seconds per rule (benchmark files, columns `time_<rule>_s`). Only the `time_*_s`
+columns differ between reruns.
 
 Status of a slide:
 - ok: its manifest exists, so every enabled stage finished for it;
 - failed: a log of the slide reports an error, or its slide file is missing;
 - missing: neither (not run yet, or stopped before its jobs started).
+
+`write_summary` is the stage's entry: it writes the TSV and the HTML page.
 """
 
 from __future__ import annotations
@@ -18,8 +21,21 @@ import json
 import os
 from pathlib import Path
 
+from histoflow.export import ExportError
+from histoflow.export.summary import (
+    DEFAULT_DIGITS,
+    DIGITS,
+    class_columns,
+    class_counts,
+    count_patches,
+    format_cell,
+    object_columns,
+    time_column,
+)
 from histoflow.io.atomic import atomic_output
-from histoflow.manifest import rule_timings
+from histoflow.io.instance_table import open_instance_table
+from histoflow.manifest.benchmarks import rule_timings
+from histoflow.paths import SamplePaths, log_path
 
 BASE_COLUMNS = (
     "sample",
@@ -36,11 +52,13 @@ BASE_COLUMNS = (
     "objects",
     "objects_per_mm2",
 )
+# mask.json fields copied into the row as they are.
+MASK_COLUMNS = ("mpp_source", "tissue_fraction", "tissue_area_mm2")
 # Pipeline order for the wall-time columns; other rules follow alphabetically.
 RULE_ORDER = ("mask_tissue", "infer_patches", "merge_patches", "extract_instances")
 LAST_RULES = ("write_manifest",)
-# Decimal places per column (fixed formatting keeps reruns byte-identical).
-DIGITS = {"slide_mpp": 4, "tissue_fraction": 4, "tissue_area_mm2": 4, "objects_per_mm2": 2}
+TOTAL_TIME = "time_total_s"
+STATUSES = ("ok", "failed", "missing")
 
 
 def _read_json(path: Path) -> dict | None:
@@ -50,57 +68,59 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def count_patches(sample_dir: Path) -> int | None:
-    """Rows of raw.zarr/boxes, from its metadata (no Zarr import, no chunk reads)."""
-    for meta in ("infer/raw.zarr/boxes/zarr.json", "infer/raw.zarr/boxes/.zarray"):
-        data = _read_json(sample_dir / meta)
-        if data and data.get("shape"):
-            return int(data["shape"][0])
-    return None
-
-
-def count_objects(sample_dir: Path) -> dict[tuple[str, str], int] | None:
-    """(task, class name) -> number of objects, in the card's class order; None if absent."""
-    path = sample_dir / "instances" / "instances.parquet"
-    if not path.is_file():
+def _error_in(log: Path) -> str | None:
+    """The last error line of one rule log, prefixed with the rule."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
         return None
-    import pyarrow.parquet as pq
-
-    pf = pq.ParquetFile(path)
-    counts: dict[tuple[str, str], int] = {}
-    meta = (pf.schema_arrow.metadata or {}).get(b"histoflow")
-    if meta:
-        tasks = json.loads(meta).get("tasks") or {}
-        for task, info in tasks.items():
-            classes = info.get("classes", info) if isinstance(info, dict) else info
-            for cls in classes or []:
-                name = cls.get("name") if isinstance(cls, dict) else str(cls)
-                counts[(task, name)] = 0
-    table = pf.read(columns=["task", "class_name"])
-    found: dict[tuple[str, str], int] = {}
-    for task, name in zip(table["task"].to_pylist(), table["class_name"].to_pylist()):
-        found[(task, name)] = found.get((task, name), 0) + 1
-    for key in sorted(found):
-        counts[key] = found[key]
-    return counts
+    message = None
+    for i, line in enumerate(lines):
+        if " ERROR " in line:
+            # "<time> ERROR histoflow.<rule>: message"
+            message = line.split(": ", 1)[-1].strip()
+        elif line.startswith("Traceback (most recent call last)"):
+            message = next((t for t in reversed(lines[i:]) if t.strip()), line).strip()
+    return None if message is None else f"{log.parent.name}: {message}"
 
 
 def log_error(logs_dir: Path, sample: str) -> str | None:
     """The last error line in the slide's rule logs (logs/<rule>/<sample>.log), if any."""
     message = None
-    for log in sorted(logs_dir.glob(f"*/{sample}.log")):
-        try:
-            lines = log.read_text(errors="replace").splitlines()
-        except OSError:
-            continue
-        for i, line in enumerate(lines):
-            if " ERROR " in line:
-                # "<time> ERROR histoflow.<rule>: message"
-                message = f"{log.parent.name}: {line.split(': ', 1)[-1].strip()}"
-            elif line.startswith("Traceback (most recent call last)"):
-                tail = next((t for t in reversed(lines[i:]) if t.strip()), line)
-                message = f"{log.parent.name}: {tail.strip()}"
+    for log in sorted(Path(logs_dir).glob(log_path("*", sample, ".").as_posix())):
+        message = _error_in(log) or message
     return message
+
+
+def slide_status(paths: SamplePaths, sheet_row: dict, logs_dir: Path) -> dict:
+    """`status` and, unless ok, `error` of one slide."""
+    if paths.manifest_json.is_file():
+        return {"status": "ok"}
+    error = log_error(logs_dir, paths.sample)
+    path = sheet_row.get("path")
+    if error is None and path and not Path(path).exists():
+        error = f"slide file not found: {path}"
+    return {"status": "failed" if error else "missing", "error": error}
+
+
+def mask_facts(paths: SamplePaths) -> dict:
+    """Slide geometry and tissue area from mask.json; {} when the mask stage has not run."""
+    mask = _read_json(paths.mask_json)
+    if not mask:
+        return {}
+    width, height = mask.get("slide_dimensions") or (None, None)
+    facts = {"slide_width": width, "slide_height": height, "slide_mpp": mask.get("mpp")}
+    return facts | {key: mask.get(key) for key in MASK_COLUMNS}
+
+
+def _patches(raw_zarr: Path) -> int | None:
+    """Patches in raw.zarr; None when it is absent or has no `boxes` (the cell stays empty)."""
+    if not raw_zarr.is_dir():
+        return None
+    try:
+        return count_patches(raw_zarr)
+    except ExportError:
+        return None
 
 
 def slide_row(
@@ -110,37 +130,18 @@ def slide_row(
     logs_dir: str | os.PathLike = "logs",
     benchmarks_dir: str | os.PathLike = "benchmarks",
 ) -> dict:
-    """Unformatted values of one slide's row; absent files leave their columns empty."""
-    sample_dir = Path(results_dir) / sample
+    """Unformatted values of one slide's row; absent files leave their columns empty.
+
+    `classes` holds the per-class object counts when the instance table exists,
+    `times` the wall seconds per rule.
+    """
+    paths = SamplePaths(sample, str(results_dir))
     row: dict = {"sample": sample, "slide": sheet_row.get("path")}
-    if (sample_dir / "manifest.json").is_file():
-        row["status"] = "ok"
-    else:
-        error = log_error(Path(logs_dir), sample)
-        path = sheet_row.get("path")
-        if error is None and path and not Path(path).exists():
-            error = f"slide file not found: {path}"
-        row["status"] = "failed" if error else "missing"
-        row["error"] = error
-    mask = _read_json(sample_dir / "mask" / "mask.json")
-    if mask:
-        width, height = mask.get("slide_dimensions") or (None, None)
-        row |= {
-            "slide_width": width,
-            "slide_height": height,
-            "slide_mpp": mask.get("mpp"),
-            "mpp_source": mask.get("mpp_source"),
-            "tissue_fraction": mask.get("tissue_fraction"),
-            "tissue_area_mm2": mask.get("tissue_area_mm2"),
-        }
-    row["patches"] = count_patches(sample_dir)
-    objects = count_objects(sample_dir)
-    area = row.get("tissue_area_mm2")
-    if objects is not None:
-        total = sum(objects.values())
-        row["objects"] = total
-        row["objects_per_mm2"] = total / area if area else None
-        row["classes"] = objects
+    row |= slide_status(paths, sheet_row, Path(logs_dir))
+    row |= mask_facts(paths)
+    row["patches"] = _patches(paths.raw_zarr)
+    if paths.instances_parquet.is_file():
+        row["classes"] = class_counts(open_instance_table(paths.instances_parquet))
     row["times"] = {rule: t["s"] for rule, t in rule_timings(benchmarks_dir, sample).items()}
     return row
 
@@ -153,14 +154,25 @@ def _rule_key(rule: str) -> tuple:
     return (1, 0, rule)
 
 
-def _fmt(value, digits: int | None = None) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:.{2 if digits is None else digits}f}"
-    return str(value).replace("\t", " ").replace("\n", " ")
+def _union(keys_per_row) -> list:
+    """Keys in order of first appearance over all rows."""
+    out: list = []
+    for keys in keys_per_row:
+        out += [key for key in keys if key not in out]
+    return out
+
+
+def _row_values(row: dict, classes: list[tuple[str, str]], rules: list[str]) -> dict:
+    """Every column of one row: base facts, objects per class (over `classes`), times."""
+    values = dict(row)
+    if "classes" in row:
+        counts = {key: row["classes"].get(key, 0) for key in classes}
+        values |= object_columns(counts, row.get("tissue_area_mm2"))
+    times = {time_column(rule): row["times"].get(rule) for rule in rules}
+    values |= times
+    known = [t for t in times.values() if t is not None]
+    values[TOTAL_TIME] = sum(known) if row["times"] else None
+    return values
 
 
 def cohort_table(
@@ -171,30 +183,35 @@ def cohort_table(
 ) -> tuple[list[str], list[list[str]]]:
     """Header and formatted rows, in sheet order; class and time columns are the union."""
     rows = [slide_row(s, r, results_dir, logs_dir, benchmarks_dir) for s, r in sheet.items()]
-    classes: list[tuple[str, str]] = []
-    for row in rows:
-        classes += [key for key in row.get("classes", {}) if key not in classes]
+    classes = _union(row.get("classes", {}) for row in rows)
     rules = sorted({rule for row in rows for rule in row["times"]}, key=_rule_key)
     header = list(BASE_COLUMNS)
     for task, name in classes:
-        header += [f"objects_{task}_{name}", f"density_{task}_{name}_per_mm2"]
-    header += [f"time_{rule}_s" for rule in rules] + ["time_total_s"]
+        header += class_columns(task, name)
+    header += [time_column(rule) for rule in rules] + [TOTAL_TIME]
     table = []
     for row in rows:
-        values = [_fmt(row.get(col), DIGITS.get(col)) for col in BASE_COLUMNS]
-        area = row.get("tissue_area_mm2")
-        for key in classes:
-            n = row["classes"].get(key, 0) if "classes" in row else None
-            values += [_fmt(n), _fmt(n / area if n is not None and area else None)]
-        times = [row["times"].get(rule) for rule in rules]
-        total = sum(t for t in times if t is not None) if row["times"] else None
-        values += [_fmt(t) for t in times] + [_fmt(total)]
-        table.append(values)
+        values = _row_values(row, classes, rules)
+        table.append([format_cell(values.get(c), DIGITS.get(c, DEFAULT_DIGITS)) for c in header])
     return header, table
 
 
 def render_tsv(header: list[str], rows: list[list[str]]) -> str:
+    """Header and rows as tab-separated lines."""
     return "\n".join("\t".join(line) for line in [header, *rows]) + "\n"
+
+
+def _cell(tag: str, col: str, text: str) -> str:
+    cls = ' class="time"' if col.startswith("time_") else ""
+    return f"<{tag}{cls}>{html.escape(text)}</{tag}>"
+
+
+STYLE = (
+    "<style>body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
+    "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right;white-space:nowrap}"
+    "th{background:#f3f3f3}td:nth-child(-n+4){text-align:left}"
+    "tr.failed td{background:#fde2e1}tr.missing td{background:#fff4d6}</style>"
+)
 
 
 def render_html(header: list[str], rows: list[list[str]]) -> str:
@@ -203,27 +220,19 @@ def render_html(header: list[str], rows: list[list[str]]) -> str:
     Wall-time cells carry class="time" so comparisons can leave them out.
     """
     status = header.index("status")
-    counts = {s: sum(r[status] == s for r in rows) for s in ("ok", "failed", "missing")}
+    counts = {s: sum(r[status] == s for r in rows) for s in STATUSES}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-
-    def cell(tag: str, col: str, text: str) -> str:
-        cls = ' class="time"' if col.startswith("time_") else ""
-        return f"<{tag}{cls}>{html.escape(text)}</{tag}>"
-
     lines = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>histoflow cohort summary</title>',
-        "<style>body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right;white-space:nowrap}"
-        "th{background:#f3f3f3}td:nth-child(-n+4){text-align:left}"
-        "tr.failed td{background:#fde2e1}tr.missing td{background:#fff4d6}</style>",
+        STYLE,
         "</head><body>",
         f"<h1>Cohort summary</h1><p>{len(rows)} slides: {html.escape(summary)}.</p>",
-        "<table><thead><tr>" + "".join(cell("th", c, c) for c in header) + "</tr></thead>",
+        "<table><thead><tr>" + "".join(_cell("th", c, c) for c in header) + "</tr></thead>",
         "<tbody>",
     ]
     for row in rows:
-        tds = "".join(cell("td", col, text) for col, text in zip(header, row))
+        tds = "".join(_cell("td", col, text) for col, text in zip(header, row))
         lines.append(f'<tr class="{html.escape(row[status])}">{tds}</tr>')
     lines += ["</tbody></table></body></html>"]
     return "\n".join(lines) + "\n"
@@ -237,6 +246,7 @@ def write_summary(
     logs_dir: str | os.PathLike = "logs",
     benchmarks_dir: str | os.PathLike = "benchmarks",
 ) -> tuple[list[str], list[list[str]]]:
+    """Write the cohort table as TSV (and HTML when `html_path` is given); returns it."""
     header, rows = cohort_table(sheet, results_dir, logs_dir, benchmarks_dir)
     with atomic_output(tsv_path) as tmp:
         Path(tmp).write_text(render_tsv(header, rows), encoding="utf-8")
