@@ -34,13 +34,12 @@ from pathlib import Path
 import numpy as np
 import openslide
 import psutil
-import tifffile
 import yaml
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "cmu_small_region.svs"
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+sys.path.insert(0, str(REPO / "workflow"))
 
 
 def read_demo() -> tuple[np.ndarray, float]:
@@ -49,28 +48,9 @@ def read_demo() -> tuple[np.ndarray, float]:
         return rgb, float(slide.properties[openslide.PROPERTY_NAME_MPP_X])
 
 
-def write_pyramidal_tiff(path: Path, rgb: np.ndarray, mpp: float, tile: int = 256) -> Path:
-    """Tiled JPEG pyramid with resolution tags in cm (OpenSlide reads them as mpp)."""
-    levels = [rgb]
-    while min(levels[-1].shape[:2]) > 2 * tile:
-        h, w = levels[-1].shape[:2]
-        levels.append(np.asarray(Image.fromarray(levels[-1]).resize((w // 2, h // 2), Image.BOX)))
-    px_per_cm = 1e4 / mpp
-    with tifffile.TiffWriter(path) as tif:
-        for i, level in enumerate(levels):
-            tif.write(
-                level,
-                tile=(tile, tile),
-                photometric="rgb",
-                compression="jpeg",
-                resolution=(px_per_cm / 2**i, px_per_cm / 2**i),
-                resolutionunit="CENTIMETER",
-                subfiletype=1 if i else 0,
-            )
-    return path
-
-
 def build_cohort(folder: Path, copies: int, mosaics: list[str]) -> list[dict]:
+    from histoflow.synthetic.writers import write_pyramidal_tiff
+
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(copies):

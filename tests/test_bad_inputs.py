@@ -10,8 +10,9 @@ import shutil
 import numpy as np
 import pytest
 from conftest import run_workflow
+from histoflow.synthetic.tissue import tissue_blocks
+from histoflow.synthetic.writers import write_png
 from PIL import Image
-from synthetic_tissue import tissue_blocks, write_png
 
 pytestmark = pytest.mark.e2e
 

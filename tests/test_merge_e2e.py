@@ -9,7 +9,8 @@ import pytest
 import zarr
 from conftest import run_workflow
 from histoflow.merge import resources
-from synthetic_tissue import tissue_blocks, write_png
+from histoflow.synthetic.tissue import tissue_blocks
+from histoflow.synthetic.writers import write_png
 
 pytestmark = pytest.mark.e2e
 

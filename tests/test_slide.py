@@ -5,8 +5,9 @@ import openslide
 import pytest
 from histoflow.errors import SlideError
 from histoflow.slide import open_slide
+from histoflow.synthetic.tissue import tissue_blocks
+from histoflow.synthetic.writers import write_png, write_pyramidal_tiff
 from PIL import Image
-from synthetic_tissue import tissue_blocks, write_png, write_pyramidal_tiff
 
 
 @pytest.fixture(scope="module")

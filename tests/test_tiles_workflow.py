@@ -15,10 +15,10 @@ import torch
 import yaml
 import zarr
 from conftest import run_workflow
+from histoflow.synthetic.tissue import tissue_blocks
 from histoflow.tiles.default_model import StainClasses
 from histoflow.tiles.model import load_tile_card
 from PIL import Image
-from synthetic_tissue import tissue_blocks
 
 pytestmark = pytest.mark.e2e
 

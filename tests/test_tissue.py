@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from histoflow.errors import SlideError
 from histoflow.slide import open_slide
+from histoflow.synthetic.tissue import tissue_blocks
+from histoflow.synthetic.writers import write_png, write_pyramidal_tiff
 from histoflow.tissue import MaskOptions, compute_tissue_mask, read_mask, write_outputs
 from PIL import Image
-from synthetic_tissue import tissue_blocks, write_png, write_pyramidal_tiff
 
 MPP = 0.5
 

@@ -133,13 +133,13 @@ def render(
         if n_classes > 1:
             # A class-0 object cuts a hole: its logit beats the others' plateau of 6.
             gain = 12.0 if o["cls"] == 0 else 6.0
-            lg = logits[sl + (int(o["cls"]),)]
+            lg = logits[(*sl, int(o["cls"]))]
             np.maximum(lg, gain * np.clip(dist / edge_px, -1, 1), out=lg)
         own = (q < 1.0) & (q < qbest[sl])
         qbest[sl] = np.where(own, q, qbest[sl])
         labels[sl] = np.where(own, i + 1, labels[sl])
-        hv[sl + (0,)] = np.where(own, np.clip(dx / ex[i], -1, 1), hv[sl + (0,)])
-        hv[sl + (1,)] = np.where(own, np.clip(dy / ey[i], -1, 1), hv[sl + (1,)])
+        hv[(*sl, 0)] = np.where(own, np.clip(dx / ex[i], -1, 1), hv[(*sl, 0)])
+        hv[(*sl, 1)] = np.where(own, np.clip(dy / ey[i], -1, 1), hv[(*sl, 1)])
     types = np.zeros((h, w, max(n_classes, 1)), np.float32)
     cls_of = np.concatenate([[0], objs["cls"]]).astype(np.intp)
     lab_cls = cls_of[labels]

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import tifffile
 from PIL import Image
 
 from histoflow.slide import open_slide
+from histoflow.synthetic.writers import TiledLevel, write_pyramidal_tiff
 
 BACKGROUND_RGB = (242, 242, 240)
 
@@ -40,6 +40,8 @@ def _source_crops(source: str | os.PathLike, mpp: float, block: int) -> list[np.
 
 
 class Mosaic:
+    """A seeded layout of crop variants and glass blocks, rendered region by region."""
+
     def __init__(
         self, crops: list[np.ndarray], size: int, block: int, background: float, seed: int
     ):
@@ -63,6 +65,7 @@ class Mosaic:
         return self._levels[level]
 
     def region(self, level: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+        """The (h, w) RGB region at (y0, x0) of `level`."""
         out = np.empty((h, w, 3), np.uint8)
         out[:] = BACKGROUND_RGB
         side = self.block >> level
@@ -82,10 +85,16 @@ class Mosaic:
         return out
 
     def tiles(self, level: int, tile: int) -> Iterator[np.ndarray]:
+        """The tiles of `level`, row-major, each `tile` x `tile` (padded with glass)."""
         extent = math.ceil(self.size / 2**level)
         for y0 in range(0, extent, tile):
             for x0 in range(0, extent, tile):
                 yield self.region(level, y0, x0, tile, tile)
+
+    def level(self, level: int, tile: int) -> TiledLevel:
+        """Pyramid level `level` (2**level downsampling) for the TIFF writer."""
+        extent = math.ceil(self.size / 2**level)
+        return TiledLevel((extent, extent), self.tiles(level, tile))
 
 
 def write_mosaic_tiff(
@@ -98,27 +107,17 @@ def write_mosaic_tiff(
     background: float = 0.3,
     seed: int = 0,
 ) -> Path:
-    """Write a `size`×`size` pyramidal JPEG-tiled TIFF at `mpp` (levels down to ≤1024 px)."""
-    path = Path(path)
+    """Write a `size` x `size` pyramidal JPEG-tiled TIFF at `mpp` (levels down to ≤1024 px)."""
     mosaic = Mosaic(_source_crops(source, mpp, block), size, block, background, seed)
-    levels = max(1, int(math.ceil(math.log2(max(size / 1024, 1)))) + 1)
+    levels = max(1, math.ceil(math.log2(max(size / 1024, 1))) + 1)
+    # A block must halve to whole pixels at every level.
     levels = min(levels, int(math.log2(block)) + 1)
-    px_per_cm = 1e4 / mpp
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
-        for level in range(levels):
-            extent = math.ceil(size / 2**level)
-            tif.write(
-                mosaic.tiles(level, tile),
-                shape=(extent, extent, 3),
-                dtype=np.uint8,
-                tile=(tile, tile),
-                photometric="rgb",
-                compression="jpeg",
-                compressionargs={"level": 90},
-                resolution=(px_per_cm / 2**level, px_per_cm / 2**level),
-                resolutionunit="CENTIMETER",
-                subfiletype=1 if level else 0,
-            )
-    os.replace(tmp, path)
-    return path
+    return write_pyramidal_tiff(
+        path,
+        (mosaic.level(i, tile) for i in range(levels)),
+        mpp,
+        tile=tile,
+        compression="jpeg",
+        compressionargs={"level": 90},
+        bigtiff=True,
+    )

@@ -15,12 +15,11 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import tifffile
-from PIL import Image
 from scipy import ndimage
+
+from histoflow.synthetic.writers import write_slide
 
 # Macenko et al. (2009) reference stain vectors (OD per RGB channel), as used by
 # common stain-normalisation tools.
@@ -41,11 +40,12 @@ class NucleiTruth:
 
     @property
     def nuclei(self) -> np.ndarray:
+        """(H, W) bool: inside any nucleus."""
         return self.labels > 0
 
 
 def _ellipse_mask(shape, cy, cx, ry, rx, angle):
-    r = int(math.ceil(max(ry, rx))) + 1
+    r = math.ceil(max(ry, rx)) + 1
     y0, x0 = max(0, int(cy) - r), max(0, int(cx) - r)
     y1, x1 = min(shape[0], int(cy) + r + 1), min(shape[1], int(cx) + r + 1)
     yy, xx = np.mgrid[y0:y1, x0:x1]
@@ -73,14 +73,14 @@ def render_nuclei(
     """
     rng = np.random.default_rng(seed)
     tissue = np.ones((height, width), bool)
-    tissue[:, : int(round(glass_fraction * width))] = False
+    tissue[:, : round(glass_fraction * width)] = False
     labels = np.zeros((height, width), np.int32)
     ellipses: list[tuple[float, ...]] = []
     touching: list[tuple[int, int]] = []
     area_mm2 = tissue.sum() * (mpp * 1e-3) ** 2
-    target = max(1, int(round(density * area_mm2)))
+    target = max(1, round(density * area_mm2))
     lo, hi = (r / mpp for r in radius_um)
-    x_min = int(round(glass_fraction * width))
+    x_min = round(glass_fraction * width)
 
     def place(cy, cx, ry, rx, angle, allow: int = 0) -> bool:
         sl, m = _ellipse_mask((height, width), cy, cx, ry, rx, angle)
@@ -155,39 +155,6 @@ def render_nuclei(
     return image, truth
 
 
-def write_pyramidal_tiff(
-    path: str | os.PathLike,
-    rgb: np.ndarray,
-    mpp: float,
-    tile: int = 256,
-    compression: str = "zlib",
-    min_level_size: int = 256,
-) -> Path:
-    """A tiled TIFF with 2x-downsampled levels and resolution tags in pixels/cm."""
-    path = Path(path)
-    px_per_cm = 1e4 / mpp
-    with tifffile.TiffWriter(path, bigtiff=False) as tif:
-        level, image = 0, rgb
-        while True:
-            tif.write(
-                image,
-                tile=(tile, tile),
-                photometric="rgb",
-                compression=compression,
-                resolution=(px_per_cm / 2**level, px_per_cm / 2**level),
-                resolutionunit="CENTIMETER",
-                subfiletype=1 if level else 0,
-            )
-            h, w = image.shape[:2]
-            if max(h, w) // 2 < min_level_size:
-                break
-            image = np.asarray(
-                Image.fromarray(image).resize((w // 2, h // 2), Image.Resampling.BOX)
-            )
-            level += 1
-    return path
-
-
 def make_nuclei_slide(
     path: str | os.PathLike,
     width: int = 1024,
@@ -199,9 +166,6 @@ def make_nuclei_slide(
     """Write a generated nuclei slide (`.tif`/`.tiff`: pyramidal, mpp in the file;
     `.png`: plain image, give its mpp in the sheet) and return its ground truth."""
     image, truth = render_nuclei(height, width, mpp=mpp, seed=seed, **render_options)
-    path = Path(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        write_pyramidal_tiff(path, image, mpp)
-    else:
-        Image.fromarray(image).save(path)
+    # Lossless: the nucleus tests compare against the rendered pixels' truth.
+    write_slide(path, image, mpp, compression="zlib")
     return truth
