@@ -11,7 +11,7 @@ from pathlib import Path
 
 from histoflow.export.instances import object_uuid
 from histoflow.io.atomic import atomic_output
-from histoflow.io.instance_table import open_instance_table
+from histoflow.io.instance_table import MEASURE_COLUMNS, open_instance_table
 
 log = logging.getLogger(__name__)
 
@@ -22,13 +22,7 @@ COLUMNS = (
     "class_id",
     "class_name",
     "probability",
-    "centroid_x",
-    "centroid_y",
-    "bbox_x0",
-    "bbox_y0",
-    "bbox_x1",
-    "bbox_y1",
-    "area_px",
+    *MEASURE_COLUMNS,
     "area_um2",
 )
 
@@ -47,7 +41,6 @@ def export_objects_tsv(instances_path: str | Path, out_path: str | Path, sample:
         fh.write("\t".join(COLUMNS) + "\n")
         for b in table.batches():
             for i, iid in enumerate(b["id"]):
-                area = float(b["area_px"][i])
                 fields = [
                     object_uuid(sample, iid),
                     _text(iid),
@@ -55,9 +48,8 @@ def export_objects_tsv(instances_path: str | Path, out_path: str | Path, sample:
                     str(int(b["class_id"][i])),
                     _text(b["class_name"][i]),
                     f"{b['probability'][i]:.4f}",
-                    *(f"{b[c][i]:.2f}" for c in COLUMNS[6:12]),
-                    f"{area:.2f}",
-                    f"{area * mpp2:.3f}",
+                    *(f"{b[c][i]:.2f}" for c in MEASURE_COLUMNS),
+                    f"{float(b['area_px'][i]) * mpp2:.3f}",
                 ]
                 fh.write("\t".join(fields) + "\n")
                 n += 1

@@ -25,6 +25,17 @@ import pyarrow.parquet as pq
 from histoflow.errors import HistoflowError
 from histoflow.io.atomic import atomic_output
 
+# Measurements in level-0 pixels (px² for the area), float64, in this column order.
+MEASURE_COLUMNS = (
+    "centroid_x",
+    "centroid_y",
+    "bbox_x0",
+    "bbox_y0",
+    "bbox_x1",
+    "bbox_y1",
+    "area_px",
+)
+
 SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -32,13 +43,7 @@ SCHEMA = pa.schema(
         ("class_id", pa.int32()),
         ("class_name", pa.string()),
         ("probability", pa.float32()),
-        ("centroid_x", pa.float64()),
-        ("centroid_y", pa.float64()),
-        ("bbox_x0", pa.float64()),
-        ("bbox_y0", pa.float64()),
-        ("bbox_x1", pa.float64()),
-        ("bbox_y1", pa.float64()),
-        ("area_px", pa.float64()),
+        *((name, pa.float64()) for name in MEASURE_COLUMNS),
         ("contour", pa.binary()),
     ]
 )
@@ -192,9 +197,11 @@ class InstanceTable:
         for batch in pf.iter_batches(batch_size=batch_size, columns=list(columns)):
             yield batch.to_pydict()
 
-    def read(self, columns: Sequence[str] | None = None) -> pa.Table:
-        """Every row (of `columns`, default all) as one Arrow table."""
-        return pq.read_table(self.path, columns=None if columns is None else list(columns))
+    def read(self, columns: Sequence[str] | None = None, filters=None) -> pa.Table:
+        """The rows (of `columns`, default all) as one Arrow table; `filters` as in
+        `pyarrow.parquet.read_table`, e.g. [("bbox_x1", ">=", x0)]."""
+        cols = None if columns is None else list(columns)
+        return pq.read_table(self.path, columns=cols, filters=filters)
 
 
 def _check_meta(path: Path, meta) -> None:
