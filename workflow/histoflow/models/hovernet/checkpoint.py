@@ -59,10 +59,10 @@ def to_local(key: str) -> str:
 
 def to_published(key: str) -> str:
     """The published (TIAToolbox / original repository) name of a local key."""
-    if ".dense.units." in key:
-        key = key.replace("preact_bn", "preact_bna/bn")
     for old, new in reversed(_RENAMES):
         key = key.replace(new, old)
+    if ".dense.units." in key:  # dense units name their pre-activation preact_bna
+        key = key.replace("preact/bn", "preact_bna/bn")
     return key
 
 
@@ -86,8 +86,9 @@ def read_checkpoint(path: str | Path) -> object:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise ModelError(
-            f"checkpoint '{path}' needs arbitrary unpickling, which histoflow refuses "
-            "(save a plain state_dict of tensors)"
+            f"checkpoint '{path}' cannot be read as plain tensors with torch.load("
+            "weights_only=True): it is not a torch file, or it needs arbitrary unpickling, "
+            "which histoflow refuses (save a plain state_dict of tensors)"
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise ModelError(f"checkpoint '{path}' is not a readable torch file: {exc}") from exc
