@@ -1,0 +1,319 @@
+"""`merge/maps.zarr` (workflow/CONTRACTS.md): its one writer and its one reader.
+
+One (H, W, C) float32 array per head and an (H, W) uint16 `coverage`, chunked in bands
+of whole rows. `MapsZarrWriter` writes one complete chunk at a time (no partial-chunk
+read-modify-write), optionally from a background thread; `open_maps` checks the
+required attributes and members and reads nothing else until asked;
+`read_maps_attrs` reads only the attributes, for rule resources.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from numcodecs import blosc
+from zarr.codecs import BloscCodec, ZstdCodec
+
+from histoflow.errors import HistoflowError
+from histoflow.io.zarr_attrs import read_group_attrs
+from histoflow.merge.canvas import Region
+
+COVERAGE = "coverage"
+COMPRESSIONS = ("blosc-lz4", "zstd", "none")
+REQUIRED_ATTRS = ("shape", "scale", "mpp", "slide_mpp", "model", "heads")
+
+
+class MapsZarrError(HistoflowError):
+    """maps.zarr breaks the contract; the message names the file and what is wrong."""
+
+
+def compressors(name: str):
+    """The zarr codec list of the config value `merge.compression`."""
+    if name == "blosc-lz4":
+        # Bitshuffle at a low level: smooth probability maps compress well and fast.
+        return [BloscCodec(cname="lz4", clevel=3, shuffle="bitshuffle")]
+    if name == "zstd":
+        return [ZstdCodec(level=3)]
+    if name == "none":
+        return None
+    raise ValueError(f"unknown compression '{name}' (one of {', '.join(COMPRESSIONS)})")
+
+
+@contextlib.contextmanager
+def blosc_threads(n: int) -> Iterator[None]:
+    """Let Blosc compress with `n` threads from zarr's worker threads (by default it only
+    threads when called from the main thread). Blosc's output does not depend on it."""
+    saved_use, saved_n = blosc.use_threads, blosc.get_nthreads()
+    blosc.use_threads = n > 1
+    blosc.set_nthreads(max(1, n))
+    try:
+        yield
+    finally:
+        blosc.use_threads = saved_use
+        blosc.set_nthreads(saved_n)
+
+
+def _create_arrays(group, shape, channels, band_rows, codecs) -> dict:
+    height, width = shape
+    # Chunks without any patch are never written (see `segments`), so zarr's own
+    # all-fill-value scan of every chunk (slower than compressing it) is skipped.
+    common = {"compressors": codecs, "config": {"write_empty_chunks": True}}
+    arrays = {}
+    for name, c in channels.items():
+        arrays[name] = group.create_array(
+            name,
+            shape=(height, width, c),
+            chunks=(band_rows, width, c),
+            dtype="float32",
+            fill_value=0.0,
+            dimension_names=["y", "x", "c"],
+            **common,
+        )
+    arrays[COVERAGE] = group.create_array(
+        COVERAGE,
+        shape=(height, width),
+        chunks=(band_rows, width),
+        dtype="uint16",
+        fill_value=0,
+        dimension_names=["y", "x"],
+        **common,
+    )
+    return arrays
+
+
+class MapsZarrWriter:
+    """Writes maps.zarr at `path`. Rows must arrive in non-decreasing chunk order; rows
+    never given stay 0."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        shape: tuple[int, int],
+        channels: dict[str, int],
+        band_rows: int,
+        attrs: dict,
+        compression: str = "blosc-lz4",
+        background: bool = False,
+    ):
+        if COVERAGE in channels:
+            raise ValueError(f"a head may not be named '{COVERAGE}'")
+        self.shape = shape
+        self.band_rows = int(band_rows)
+        self.group = zarr.open_group(Path(path), mode="w", zarr_format=3)
+        self.group.attrs.update(attrs)
+        self.arrays = _create_arrays(
+            self.group, shape, channels, self.band_rows, compressors(compression)
+        )
+        n_sets = 2 if background else 1
+        self._sets = [
+            {
+                name: np.zeros((self.band_rows, *arr.shape[1:]), arr.dtype)
+                for name, arr in self.arrays.items()
+            }
+            for _ in range(n_sets)
+        ]
+        self._current = 0
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="maps-writer") if background else None
+        self._pending: Future | None = None
+        self.chunk: int | None = None
+        self._dirty = False
+        self.chunks_written = 0
+
+    @property
+    def buffer_nbytes(self) -> int:
+        """Bytes of the chunk buffers (one set, or two when writing in the background)."""
+        return sum(b.nbytes for s in self._sets for b in s.values())
+
+    def segments(self, region: Region) -> Iterator[tuple[Region, dict[str, np.ndarray]]]:
+        """Split `region` at chunk boundaries; yield each part with writable buffer views
+        (heads and coverage) that are all zeros until written."""
+        r = self.band_rows
+        for y in range((region.y0 // r) * r, region.y1, r):
+            part = region.rows(y, y + r)
+            if part.empty:
+                continue
+            self._goto(y // r)
+            ys = slice(part.y0 - y, part.y1 - y)
+            xs = slice(part.x0, part.x1)
+            self._dirty = True
+            yield part, {name: buf[ys, xs] for name, buf in self._sets[self._current].items()}
+
+    def _goto(self, chunk: int) -> None:
+        if chunk == self.chunk:
+            return
+        if self.chunk is not None and chunk < self.chunk:
+            raise RuntimeError(f"rows arrived out of order: chunk {chunk} after {self.chunk}")
+        self._emit()
+        self.chunk = chunk
+
+    def _emit(self) -> None:
+        if self.chunk is None or not self._dirty:
+            return
+        buffers = self._sets[self._current]
+        y0 = self.chunk * self.band_rows
+        n = min(self.band_rows, self.shape[0] - y0)
+        self._dirty = False
+        self.chunks_written += 1
+        if self._pool is None:
+            self._write(buffers, y0, n)
+            return
+        self._wait()
+        self._pending = self._pool.submit(self._write, buffers, y0, n)
+        self._current = (self._current + 1) % len(self._sets)
+        # The other set finished writing in _wait(); clear what the last chunk left there.
+        for buf in self._sets[self._current].values():
+            buf.fill(0)
+
+    def _write(self, buffers: dict[str, np.ndarray], y0: int, n: int) -> None:
+        for name, arr in self.arrays.items():
+            arr[y0 : y0 + n] = buffers[name][:n]
+        if self._pool is None:
+            for buf in buffers.values():
+                buf.fill(0)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()  # re-raises a failed write here, in the merging thread
+
+    def close(self) -> None:
+        """Write the last chunk and wait for the writes to finish."""
+        try:
+            self._emit()
+            self._wait()
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop the writer thread without writing what is still buffered."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+@dataclass(frozen=True)
+class MapsZarr:
+    """maps.zarr opened for reading: attributes and arrays (heads in the order of the
+    `heads` attribute, then coverage), nothing loaded until asked."""
+
+    path: Path
+    attrs: dict
+    arrays: dict
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of every map, in model pixels."""
+        height, width = (int(v) for v in self.attrs["shape"])
+        return height, width
+
+    @property
+    def scale(self) -> float:
+        """Level-0 slide pixels per map pixel."""
+        return float(self.attrs["scale"])
+
+    @property
+    def mpp(self) -> float:
+        """µm per map pixel (the model's resolution)."""
+        return float(self.attrs["mpp"])
+
+    @property
+    def slide_mpp(self) -> float:
+        """µm per level-0 slide pixel."""
+        return float(self.attrs["slide_mpp"])
+
+    @property
+    def heads(self) -> list[dict]:
+        """The model's heads (name, channels, activation, ...) as the store records them."""
+        return list(self.attrs["heads"])
+
+    @property
+    def channels(self) -> dict[str, int]:
+        """Head name -> number of channels of its array."""
+        return {name: int(a.shape[2]) for name, a in self.arrays.items() if name != COVERAGE}
+
+    @property
+    def band_rows(self) -> int:
+        """Rows per stored chunk (the largest over the arrays)."""
+        return max(int(a.chunks[0]) for a in self.arrays.values())
+
+    @property
+    def nbytes(self) -> int:
+        """Uncompressed bytes of all arrays."""
+        return sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in self.arrays.values())
+
+    def array(self, name: str) -> zarr.Array:
+        """The zarr array of a head or of `coverage` (lazy)."""
+        if name not in self.arrays:
+            raise MapsZarrError(f"file '{self.path}': no array '{name}'")
+        return self.arrays[name]
+
+    def read_rows(self, names: list[str], y0: int, y1: int) -> dict[str, np.ndarray]:
+        """Rows [y0, y1) of the named arrays, loaded."""
+        return {name: np.asarray(self.array(name)[y0:y1]) for name in names}
+
+    def bands(self, name: str, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """(y0, block) over the array `name`, `rows` rows at a time (default one chunk)."""
+        arr = self.array(name)
+        rows = rows or self.band_rows
+        for y0 in range(0, arr.shape[0], rows):
+            yield y0, arr[y0 : y0 + rows]
+
+
+def _open_group(path: Path) -> zarr.Group:
+    try:
+        return zarr.open_group(str(path), mode="r")
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # missing, or broken metadata
+        raise MapsZarrError(f"file '{path}': not a readable maps.zarr ({exc})") from exc
+
+
+def _check_attrs(path: Path, attrs: dict) -> None:
+    missing = [key for key in REQUIRED_ATTRS if key not in attrs]
+    if missing:
+        raise MapsZarrError(f"file '{path}': attributes missing: {', '.join(missing)}")
+    shape = attrs["shape"]
+    if len(shape) != 2 or min(int(v) for v in shape) <= 0:
+        raise MapsZarrError(f"file '{path}': attribute 'shape' {shape} is not a positive (H, W)")
+
+
+def _member(path: Path, group: zarr.Group, name: str, ndim: int, shape) -> zarr.Array:
+    if name not in group:
+        raise MapsZarrError(f"file '{path}': array '{name}' missing")
+    arr = group[name]
+    if not isinstance(arr, zarr.Array) or arr.ndim != ndim or tuple(arr.shape[:2]) != shape:
+        found = getattr(arr, "shape", "a group")
+        raise MapsZarrError(
+            f"file '{path}': array '{name}' has shape {found}, expected {ndim} dimensions "
+            f"starting with attribute shape {list(shape)}"
+        )
+    return arr
+
+
+def open_maps(path: str | Path) -> MapsZarr:
+    """Open maps.zarr at `path`, checking its required attributes and arrays.
+
+    Raises `MapsZarrError` naming the file when it is missing or breaks the contract.
+    """
+    path = Path(path)
+    group = _open_group(path)
+    attrs = dict(group.attrs)
+    _check_attrs(path, attrs)
+    shape = tuple(int(v) for v in attrs["shape"])
+    arrays = {
+        str(h["name"]): _member(path, group, str(h["name"]), 3, shape) for h in attrs["heads"]
+    }
+    arrays[COVERAGE] = _member(path, group, COVERAGE, 2, shape)
+    return MapsZarr(path=path, attrs=attrs, arrays=arrays)
+
+
+def read_maps_attrs(path: str | Path) -> dict | None:
+    """maps.zarr's attributes without opening its arrays; None when `path` does not exist.
+
+    A store that exists but cannot be read raises `MapsZarrError` naming the file.
+    """
+    return read_group_attrs(path, MapsZarrError)
