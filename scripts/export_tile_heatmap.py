@@ -4,7 +4,7 @@ import _common
 
 
 def main():
-    from histoflow.tiles.heatmap import export_tile_ometiff, export_tile_png
+    from histoflow.export.tile_heatmap import export_tile_ometiff, export_tile_png
 
     sm = snakemake  # noqa: F821 - injected by Snakemake
     if sm.params.kind == "ometiff":

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,40 +9,50 @@ import yaml
 
 from histoflow.config import DefaultingValidator, load_schema
 from histoflow.errors import ModelError
+from histoflow.hashing import sha256_file
 
 BUILTIN_CARDS = Path(__file__).resolve().parent / "cards"
 
 
 def builtin_names() -> list[str]:
+    """The names of the built-in dense model cards."""
     return sorted(p.stem for p in BUILTIN_CARDS.glob("*.yaml"))
 
 
 @dataclass(frozen=True)
 class ModelCard:
+    """A validated model card and the file it came from."""
+
     card: dict  # validated, defaults filled; goes into raw.zarr attrs
     path: Path  # the card file (relative sources resolve against its folder)
 
     @property
     def name(self) -> str:
+        """The model's name."""
         return self.card["name"]
 
     @property
     def heads(self) -> list[dict]:
+        """The output heads: name, channels, activation."""
         return self.card["heads"]
 
     @property
     def mpp(self) -> float:
+        """The resolution (µm/px) the model expects."""
         return float(self.card["mpp"])
 
     @property
     def patch_input(self) -> tuple[int, int]:
+        """(h, w) of the model's input patch."""
         return tuple(self.card["patch_input"])
 
     @property
     def patch_output(self) -> tuple[int, int]:
+        """(h, w) of the model's output patch (centred in the input)."""
         return tuple(self.card["patch_output"])
 
     def file(self, key: str) -> Path | None:
+        """The file of `source.<key>`, resolved against the card's folder (None: unset)."""
         value = self.card["source"].get(key)
         return None if value is None else (self.path.parent / value).resolve()
 
@@ -53,16 +61,9 @@ class ModelCard:
         return [self.path] + [p for k in ("torchscript", "weights") if (p := self.file(k))]
 
     def weights_sha256(self) -> str | None:
+        """sha256 of the TorchScript or weights file (None for built-ins)."""
         path = self.file("torchscript") or self.file("weights")
         return sha256_file(path) if path else None
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_card_path(spec: str) -> Path:
@@ -105,6 +106,7 @@ def read_card(path: Path) -> dict:
 
 
 def load_card(spec: str) -> ModelCard:
+    """A card by built-in name or path, validated and checked for consistency."""
     path = resolve_card_path(spec)
     card = read_card(path)
     _check_consistency(card, path)

@@ -26,6 +26,7 @@ LOG_ADJUST = -math.log(1e-6)
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """A normalised 1-D Gaussian of `sigma` px, three sigmas each side."""
     radius = max(1, math.ceil(3 * sigma))
     x = torch.arange(-radius, radius + 1, dtype=torch.float64)
     k = torch.exp(-(x**2) / (2 * sigma**2))
@@ -65,6 +66,7 @@ class HedNuclei(nn.Module):
         return F.conv2d(x, k.view(1, 1, -1, 1))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Nucleus logits and the energy map of the centre of each patch."""
         od = -torch.log(x.clamp_min(1e-6)) / LOG_ADJUST
         hema = (od * self.h_vector).sum(dim=1, keepdim=True)
         prob_logit = (self._smooth(hema, self.k_prob) - self.threshold) / self.softness

@@ -21,6 +21,7 @@ from histoflow.models.hed import BUILTINS
 
 
 def build_model(card: ModelCard) -> nn.Module:
+    """The card's nn.Module in eval mode: built-in, TorchScript or entry point."""
     source = card.card["source"]
     if "builtin" in source:
         name = source["builtin"]
@@ -43,22 +44,7 @@ def build_model(card: ModelCard) -> nn.Module:
 
 def _from_entrypoint(card: ModelCard) -> nn.Module:
     spec = card.card["source"]["entrypoint"]
-    module_name, func_name = spec.split(":")
-    # A model.py shipped next to its card imports without installing it; installed
-    # packages of the same name still win, as the folder goes last on the path.
-    folder = str(card.path.parent)
-    added = folder not in sys.path
-    if added:
-        sys.path.append(folder)
-    try:
-        func = getattr(importlib.import_module(module_name), func_name)
-    except (ImportError, AttributeError) as exc:
-        raise ModelError(
-            f"model card '{card.path}': field 'source.entrypoint': cannot import '{spec}' ({exc})"
-        ) from exc
-    finally:
-        if added:
-            sys.path.remove(folder)
+    func = _import_entrypoint(card, spec)
     kwargs = card.card["source"].get("kwargs", {})
     try:
         model = func(**kwargs)
@@ -71,26 +57,46 @@ def _from_entrypoint(card: ModelCard) -> nn.Module:
         raise ModelError(f"entry point '{spec}' returned {type(model).__name__}, not nn.Module")
     weights = card.file("weights")
     if weights:
-        try:
-            state = torch.load(str(weights), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise ModelError(
-                f"weights file '{weights}' needs arbitrary unpickling, which histoflow refuses "
-                "(save a plain state_dict of tensors with torch.save(model.state_dict(), ...))"
-            ) from exc
-        except (RuntimeError, EOFError, OSError, ValueError) as exc:
-            raise ModelError(
-                f"weights file '{weights}' is not a readable torch file: {exc}"
-            ) from exc
-        if not isinstance(state, dict):
-            raise ModelError(
-                f"weights file '{weights}' holds {type(state).__name__}, not a state dict"
-            )
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise ModelError(f"weights file '{weights}' does not fit '{spec}': {exc}") from exc
+        _load_weights(model, weights, spec)
     return model
+
+
+def _import_entrypoint(card: ModelCard, spec: str):
+    module_name, func_name = spec.split(":")
+    # A model.py shipped next to its card imports without installing it; installed
+    # packages of the same name still win, as the folder goes last on the path.
+    folder = str(card.path.parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.append(folder)
+    try:
+        return getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(
+            f"model card '{card.path}': field 'source.entrypoint': cannot import '{spec}' ({exc})"
+        ) from exc
+    finally:
+        if added:
+            sys.path.remove(folder)
+
+
+def _load_weights(model: nn.Module, weights, spec: str) -> None:
+    """Load a plain state dict of tensors (never arbitrary pickles) into `model`."""
+    try:
+        state = torch.load(str(weights), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ModelError(
+            f"weights file '{weights}' needs arbitrary unpickling, which histoflow refuses "
+            "(save a plain state_dict of tensors with torch.save(model.state_dict(), ...))"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ModelError(f"weights file '{weights}' is not a readable torch file: {exc}") from exc
+    if not isinstance(state, dict):
+        raise ModelError(f"weights file '{weights}' holds {type(state).__name__}, not a state dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(f"weights file '{weights}' does not fit '{spec}': {exc}") from exc
 
 
 def outputs_by_head(card: ModelCard, out) -> dict[str, torch.Tensor]:
@@ -136,6 +142,7 @@ def check_against_card(card: ModelCard, model: nn.Module) -> None:
 
 
 def load_model(card: ModelCard) -> nn.Module:
+    """The card's model, checked against the card's heads and patch shapes."""
     model = build_model(card)
     check_against_card(card, model)
     return model

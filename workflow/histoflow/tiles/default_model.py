@@ -61,6 +61,7 @@ class StainStats(nn.Module):
         self.background_od = BACKGROUND_OD
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One row of values per tile of the (B, 3, H, W) batch."""
         x = x.clamp(0.0, 1.0)
         b = x.shape[0]
         # Optical density per channel; +1/256 keeps black pixels finite.
@@ -110,6 +111,7 @@ class StainClasses(nn.Module):
         self.neutral_balance = neutral_balance
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One row of values per tile of the (B, 3, H, W) batch."""
         f = self.stats(x)
         tissue = 1.0 - f[:, 9]
         balance = (f[:, 0] - f[:, 2]) / (f[:, 0] + f[:, 2]).clamp_min(1e-6)

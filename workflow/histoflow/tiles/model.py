@@ -36,14 +36,17 @@ class TileCard(ModelCard):
 
     @property
     def tile_size(self) -> int:
+        """The tile side in pixels at the card's mpp."""
         return int(self.card["patch_input"][0])
 
     @property
     def dim(self) -> int:
+        """The length of each tile's vector."""
         return int(self.card["output"]["dim"])
 
     @property
     def output_type(self) -> str:
+        """`classifier` or `embedding`."""
         return self.card["output"]["type"]
 
     @property
@@ -53,6 +56,7 @@ class TileCard(ModelCard):
 
     @property
     def feature_names(self) -> list[str]:
+        """One name per value: the card's names, else its class names, else f0, f1, ..."""
         names = self.card["output"].get("names")
         if names:
             return [str(n) for n in names]
@@ -62,11 +66,13 @@ class TileCard(ModelCard):
 
     @property
     def genes(self) -> tuple[list[str] | None, list[str] | None]:
+        """(input genes, output genes) of an expression model, None where absent."""
         genes = self.card["output"].get("genes") or {}
         return genes.get("input"), genes.get("output")
 
     @property
     def input(self) -> dict:
+        """The input normalisation: scale, per-channel mean and std."""
         spec = self.card["input"]
         return {
             "scale": float(spec["scale"]),

@@ -18,6 +18,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
 def sheet_rows(folder: str | Path, mpp: float | None = None, recursive: bool = False) -> list[dict]:
+    """One sample-sheet row per image of `folder`, with unique sample IDs."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"not a folder: '{folder}'")
@@ -36,6 +37,7 @@ def sheet_rows(folder: str | Path, mpp: float | None = None, recursive: bool = F
 
 
 def to_tsv(rows: list[dict]) -> str:
+    """The rows as a samples.tsv text."""
     cols = ("sample", "path", "mpp", "mask")
     lines = ["\t".join(cols)]
     for r in rows:
@@ -44,6 +46,7 @@ def to_tsv(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
+    """Print the sample sheet of a folder of images; 1 when it holds none."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder")
     ap.add_argument("--mpp", type=float, help="µm per pixel of every image (required for PNG/JPEG)")

@@ -34,13 +34,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 import numpy as np
+
+from histoflow.errors import HistoflowError
 
 log = logging.getLogger(__name__)
 
 
 class StrategyName(StrEnum):
+    """The write strategies, by their config name (`tiles.write_strategy`)."""
+
     CACHE_TILES = "cache_tiles"
     WRITE_IMAGE = "write_image"
     WRITE_TILES_ZARR = "write_tiles_zarr"
@@ -285,6 +290,7 @@ class ZarrImageSink:
         self.chunks = chunks
 
     def __call__(self, image: StitchedImage) -> None:
+        """Write one finished image."""
         group = _create_image_group(self.root, image.image, image.spec, self.chunks)
         group["scores"][...] = image.scores
         group["coverage"][...] = image.coverage
@@ -392,7 +398,7 @@ class WriteTilesZarr(WriteStrategy):
             info.sample, info.y, info.x, tile.astype(np.float32, copy=False)
         )
 
-    def _write(self, image, spec):
+    def _write(self, image, _spec):
         self._caches.pop(image).flush()
         self._groups.pop(image).attrs["complete"] = True
         if self.on_complete is not None:
@@ -425,6 +431,31 @@ def read_image(root, image: str) -> tuple[np.ndarray, np.ndarray]:
     if not group.attrs.get("complete"):
         raise ValueError(f"image '{image}' in {root.store} is not complete")
     return group["scores"][...], group["coverage"][...]
+
+
+def read_grid_map(map_path: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(scores (H, W, C), coverage (H, W), root attrs) of the map `infer_tiles` wrote.
+
+    The samples of a multi-page image are stacked top to bottom in page order, with one
+    empty cell row between them.
+    """
+    import zarr
+
+    root = zarr.open_group(str(map_path), mode="r")
+    attrs = dict(root.attrs)
+    sample = attrs["sample"]
+    group = root[sample]
+    if not group.attrs.get("complete"):
+        raise HistoflowError(f"sample '{sample}': tile map '{map_path}' is not complete")
+    scores, coverage = group["scores"][...], group["coverage"][...]
+    blocks_s, blocks_c = [], []
+    for i, (h, _) in enumerate(group.attrs["sample_shapes"]):
+        if i:
+            blocks_s.append(np.zeros((1, scores.shape[2], scores.shape[3]), np.float32))
+            blocks_c.append(np.zeros((1, coverage.shape[2]), np.uint8))
+        blocks_s.append(scores[i, :h])
+        blocks_c.append(coverage[i, :h])
+    return np.concatenate(blocks_s), np.concatenate(blocks_c), attrs
 
 
 def iter_batches(items: Iterable, size: int):

@@ -1,5 +1,7 @@
 """Heatmaps of a tile classifier's scores, from the tile-grid map (map.zarr).
 
+The map is read by `histoflow.tiles.strategies.read_grid_map`, its one reader.
+
 One map pixel is one grid cell (`cell_mpp` µm, `cell_level0` level-0 px). The OME-TIFF
 goes through the export stage's writer (`histoflow.export.ometiff`): the map is handed
 to it as a one-head maps store (head `scores`, softmax/sigmoid, the card's classes and
@@ -22,32 +24,12 @@ from PIL import Image
 from histoflow.errors import HistoflowError
 from histoflow.export.instances import parse_color
 from histoflow.io.atomic import atomic_output
+from histoflow.tiles.strategies import read_grid_map
 
 PNG_MAX_SIDE = 1024
 
 
-def load_grid_map(map_path: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(scores (H, W, C), coverage (H, W), attrs) with samples stacked top to bottom."""
-    import zarr
-
-    root = zarr.open_group(str(map_path), mode="r")
-    attrs = dict(root.attrs)
-    sample = attrs["sample"]
-    group = root[sample]
-    if not group.attrs.get("complete"):
-        raise HistoflowError(f"sample '{sample}': tile map '{map_path}' is not complete")
-    scores, coverage = group["scores"][...], group["coverage"][...]
-    blocks_s, blocks_c = [], []
-    for i, (h, _) in enumerate(group.attrs["sample_shapes"]):
-        if i:
-            blocks_s.append(np.zeros((1, scores.shape[2], scores.shape[3]), np.float32))
-            blocks_c.append(np.zeros((1, coverage.shape[2]), np.uint8))
-        blocks_s.append(scores[i, :h])
-        blocks_c.append(coverage[i, :h])
-    return np.concatenate(blocks_s), np.concatenate(blocks_c), attrs
-
-
-def _classifier_attrs(attrs: dict, map_path) -> list[dict]:
+def _classifier_attrs(attrs: dict) -> list[dict]:
     if attrs.get("output_type") != "classifier":
         raise HistoflowError(
             f"sample '{attrs.get('sample')}': model '{attrs.get('model')}' is not a classifier "
@@ -63,8 +45,8 @@ def export_tile_ometiff(map_path, out_path, sample: str, tmpdir=None) -> None:
 
     from histoflow.export.ometiff import export_ometiff
 
-    scores, coverage, attrs = load_grid_map(map_path)
-    classes = _classifier_attrs(attrs, map_path)
+    scores, coverage, attrs = read_grid_map(map_path)
+    classes = _classifier_attrs(attrs)
     head = {"name": "scores", "channels": len(classes), "activation": "softmax"}
     maps_attrs = {
         "sample": sample,
@@ -109,8 +91,9 @@ def render_png(
 
 
 def export_tile_png(map_path, out_path, thumbnail_png=None) -> None:
-    scores, coverage, attrs = load_grid_map(map_path)
-    classes = _classifier_attrs(attrs, map_path)
+    """A PNG picture of the classifier's scores over the slide's thumbnail."""
+    scores, coverage, attrs = read_grid_map(map_path)
+    classes = _classifier_attrs(attrs)
     thumbnail, extent = None, None
     # The mask_tissue thumbnail shows page 0; a stack of pages is drawn on white.
     if thumbnail_png and len(attrs.get("pages", [])) <= 1:
