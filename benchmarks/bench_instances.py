@@ -79,9 +79,16 @@ class PeakRSS:
 
 def one_run(store: str, mode: str, out: str, tile: int, margin: int, workers: int) -> dict:
     """A single measured run (called in a fresh process)."""
-    from histoflow.instances import Options, run
+    from histoflow.instances import InstancesOptions, run
 
-    opts = Options((tile, tile), margin, workers) if mode == "tiled" else Options(None)
+    tiled = mode == "tiled"
+    opts = InstancesOptions.from_config(
+        {
+            "tile_shape": [tile, tile] if tiled else None,
+            "margin": margin,
+            "workers": workers if tiled else 1,
+        }
+    )
     with PeakRSS() as rss:
         t0 = time.perf_counter()
         stats = run(store, out, options=opts)

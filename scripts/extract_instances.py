@@ -4,27 +4,24 @@ import _common
 
 
 def main():
-    from pathlib import Path
-
-    from histoflow.instances import Options, overlay, run
-    from histoflow.instances.table import read_table
+    from histoflow.instances import InstancesOptions, overlay, run
+    from histoflow.io.instance_table import open_instance_table
     from histoflow.slide import open_slide
 
     sm = snakemake  # noqa: F821 - injected by Snakemake
-    cfg = dict(sm.params.options)
-    table = Path(sm.output.table)
-    # Written only when the model card has a semantic task (CONTRACTS.md).
-    classmap = table.with_name("classmap.zarr")
-    run(sm.input.maps, table, classmap, Options.from_config(cfg, workers=sm.threads))
-    _, meta = read_table(table)
-    mpp = float(meta["mpp"])
+    options = InstancesOptions.from_config({**sm.params.options, "workers": sm.threads})
+    # Declared only when the model card has a semantic task (CONTRACTS.md).
+    classmap = getattr(sm.output, "classmap", None)
+    run(sm.input.maps, sm.output.table, classmap, options)
+    table = open_instance_table(sm.output.table)
+    mpp = float(table.meta["mpp"])
     # The path from params: a missing slide is reported by open_slide with the sample.
-    with open_slide(sm.params.slide, sample=sm.wildcards.sample, mpp=meta["slide_mpp"]) as slide:
+    slide_mpp = table.meta["slide_mpp"]
+    with open_slide(sm.params.slide, sample=sm.wildcards.sample, mpp=slide_mpp) as slide:
         img, _ = overlay.render(
             table,
-            meta,
             lambda x, y, w, h: slide.read_region(x, y, w, h, mpp),
-            size=int(cfg["overlay_size"]),
+            size=options.overlay_size,
         )
     overlay.write(img, sm.output.overlay)
 

@@ -68,7 +68,7 @@ def test_objects_land_on_the_slide(demo):
         assert f["properties"]["objectType"] == "detection"
         assert f["properties"]["classification"]["name"] == row["class_name"]
         x0, y0, x1, y1 = geom.bounds
-        assert 0 <= x0 and x1 <= w and 0 <= y0 and y1 <= h
+        assert 0 <= x0 <= x1 <= w and 0 <= y0 <= y1 <= h
         assert (x0, y0, x1, y1) == pytest.approx(
             (row["bbox_x0"], row["bbox_y0"], row["bbox_x1"], row["bbox_y1"]), abs=0.02
         )

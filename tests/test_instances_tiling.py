@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 import shapely
 import zarr
-from histoflow.instances import Options, evaluate, extract, run
-from histoflow.instances.table import build_table
+from histoflow.instances import InstancesOptions, evaluate, extract, run
+from histoflow.io.instance_table import build_table
 from histoflow.synthetic import maps as sm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,61 +29,89 @@ WATERSHED_HEADS = {"nuc": "probability", "energy": "energy"}
 WATERSHED_PARAMS = {"min_distance_um": 1.5, "min_area_um2": 2.0}
 
 
-def placed_objects(shape=SHAPE, tile=TILE, margin=MARGIN, seed=0) -> np.ndarray:
-    """Ellipses (radius 3-8 px) on every kind of line, plus filler; none overlap except
-    designed touching pairs."""
-    rng = np.random.default_rng(seed)
-    h, w = shape
-    rows = []
-    seams_x = list(range(tile, w, tile))
-    seams_y = list(range(tile, h, tile))
+def opts(tile_shape, margin=64, workers=1, executor="process"):
+    """Options of the `instances` section with these values (one worker unless asked)."""
+    return InstancesOptions.from_config(
+        {"tile_shape": tile_shape, "margin": margin, "workers": workers, "executor": executor}
+    )
 
-    def add(cx, cy, r=None, pair=False):
+
+class Placer:
+    """Collects ellipse rows for `sm.make_objects`, drawing sizes from one generator."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.rows: list[tuple] = []
+
+    def add(self, cx, cy, r=None, pair=False):
+        rng = self.rng
         r = r if r is not None else rng.uniform(3, 8)
         ry = r * rng.uniform(0.6, 1.0)
-        rows.append((cx, cy, r, ry, rng.uniform(0, math.pi), 0))
+        self.rows.append((cx, cy, r, ry, rng.uniform(0, math.pi), 0))
         if pair:  # a touching twin on the other side of the line, along x or y
             ang = rng.choice([0.0, math.pi / 2])
             d = r + 4.5
-            rows.append((cx + d * math.cos(ang), cy + d * math.sin(ang), 4.5, 4.0, ang, 0))
+            self.rows.append((cx + d * math.cos(ang), cy + d * math.sin(ang), 4.5, 4.0, ang, 0))
 
+
+def _on_seams(p: Placer, seams_x, seams_y, h, w):
     for x in seams_x:
         for y in np.arange(20, h - 10, 45):
-            add(x + rng.choice([-0.5, 0.0, 0.5]), y + rng.uniform(-3, 3))
+            p.add(x + p.rng.choice([-0.5, 0.0, 0.5]), y + p.rng.uniform(-3, 3))
         for y in np.arange(42, h - 10, 90):
-            add(x - 3.0, y, pair=True)
+            p.add(x - 3.0, y, pair=True)
     for y in seams_y:
         for x in np.arange(40, w - 10, 45):
-            add(x + rng.uniform(-3, 3), y + rng.choice([-0.5, 0.0, 0.5]))
+            p.add(x + p.rng.uniform(-3, 3), y + p.rng.choice([-0.5, 0.0, 0.5]))
     for x in seams_x:  # tile corners
         for y in seams_y:
-            add(x, y, r=7.5)
+            p.add(x, y, r=7.5)
+
+
+def _on_margin_lines(p: Placer, seams_x, seams_y, h, w, margin):
     for x in seams_x:  # centred on margin lines
         for y in np.arange(65, h - 10, 90):
-            add(x + margin, y)
-            add(x - margin, y + 20)
+            p.add(x + margin, y)
+            p.add(x - margin, y + 20)
     for y in seams_y:
         for x in np.arange(65, w - 10, 90):
-            add(x, y - margin)
-            add(x + 20, y + margin)
+            p.add(x, y - margin)
+            p.add(x + 20, y + margin)
     for x in seams_x:  # left edge exactly on the window's left edge of the next tile
-        add(x - margin + 6.0, 100.0, r=6.0)
+        p.add(x - margin + 6.0, 100.0, r=6.0)
+
+
+def _on_slide_edges(p: Placer, h, w):
     for x, y in [(0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1), (0, 200), (w - 1, 300)]:
-        add(x, y)  # half (or three quarters) outside the slide
+        p.add(x, y)  # half (or three quarters) outside the slide
     for y in (0.0, h - 1.0):
         for x in np.arange(30, w - 10, 60):
-            add(x, y)
-    objs = sm.make_objects(rows)
-    # Drop any accidental overlap (designed pairs touch but do not overlap by more).
+            p.add(x, y)
+
+
+def _without_overlaps(objs: np.ndarray) -> np.ndarray:
+    """Drop any accidental overlap (designed pairs touch but do not overlap by more)."""
     keep = np.ones(len(objs), bool)
     for i in range(len(objs)):
-        for j in range(i):
-            if keep[j]:
-                d = math.hypot(objs["cx"][i] - objs["cx"][j], objs["cy"][i] - objs["cy"][j])
-                if d < objs["rx"][i] + objs["rx"][j] - 1.0:
-                    keep[i] = False
-                    break
+        for j in np.flatnonzero(keep[:i]):
+            d = math.hypot(objs["cx"][i] - objs["cx"][j], objs["cy"][i] - objs["cy"][j])
+            if d < objs["rx"][i] + objs["rx"][j] - 1.0:
+                keep[i] = False
+                break
     return objs[keep]
+
+
+def placed_objects(shape=SHAPE, tile=TILE, margin=MARGIN, seed=0) -> np.ndarray:
+    """Ellipses (radius 3-8 px) on every kind of line, plus filler; none overlap except
+    designed touching pairs."""
+    h, w = shape
+    seams_x = list(range(tile, w, tile))
+    seams_y = list(range(tile, h, tile))
+    p = Placer(seed)
+    _on_seams(p, seams_x, seams_y, h, w)
+    _on_margin_lines(p, seams_x, seams_y, h, w, margin)
+    _on_slide_edges(p, h, w)
+    return _without_overlaps(sm.make_objects(p.rows))
 
 
 def geoms(objects):
@@ -102,13 +130,13 @@ def watershed_store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def watershed_runs(watershed_store):
     path, objs = watershed_store
-    tiled = extract(path, Options(tile_shape=(TILE, TILE), margin=MARGIN))
-    whole = extract(path, Options(tile_shape=None))
+    tiled = extract(path, opts(tile_shape=(TILE, TILE), margin=MARGIN))
+    whole = extract(path, opts(tile_shape=None))
     return tiled, whole, objs
 
 
 def test_watershed_tiled_equals_whole_map(watershed_runs):
-    (t_objs, _, t_stats), (w_objs, _, _), objs = watershed_runs
+    (t_objs, _, t_stats), (w_objs, _, _), _ = watershed_runs
     tiled, whole = geoms(t_objs[0][2]), geoms(w_objs[0][2])
     assert t_stats.tiles == 20 and len(tiled) > 150
     m = evaluate.match(tiled, whole, iou=0.5)
@@ -145,7 +173,7 @@ def test_results_do_not_depend_on_workers(watershed_store, tmp_path):
     tables = []
     for workers, executor in ((1, "process"), (2, "process"), (2, "thread")):
         out = tmp_path / f"w{workers}-{executor}.parquet"
-        run(path, out, options=Options((TILE, TILE), MARGIN, workers, executor))
+        run(path, out, options=opts((TILE, TILE), MARGIN, workers, executor))
         tables.append(out.read_bytes())
     assert tables[0] == tables[1] == tables[2]
     table = pq.read_table(tmp_path / "w1-process.parquet")
@@ -158,7 +186,7 @@ def test_tile_shape_and_margin_do_not_change_the_objects(watershed_store, waters
     _, (w_objs, _, _), _ = watershed_runs
     whole = geoms(w_objs[0][2])
     for tile, margin in (((192, 256), 30), ((100, 150), 40)):
-        objs, meta, _ = extract(path, Options(tile_shape=tile, margin=margin))
+        objs, meta, _ = extract(path, opts(tile_shape=tile, margin=margin))
         assert all(t % 64 == 0 for t in meta["tile_shape"])
         tiled = geoms(objs[0][2])
         m = evaluate.match(tiled, whole)
@@ -177,8 +205,8 @@ def test_object_larger_than_the_margin(tmp_path):
     card = sm.card("watershed", WATERSHED_HEADS, params=WATERSHED_PARAMS, patch_output=PATCH)
     path = sm.write_maps(tmp_path / "m.zarr", objs, SHAPE, card, WATERSHED_HEADS)
     (t, _, stats), (w, _, _) = (
-        extract(path, Options((TILE, TILE), MARGIN)),
-        extract(path, Options(tile_shape=None)),
+        extract(path, opts((TILE, TILE), MARGIN)),
+        extract(path, opts(tile_shape=None)),
     )
     tiled, whole = geoms(t[0][2]), geoms(w[0][2])
     assert len(whole) == 3
@@ -201,8 +229,8 @@ def test_hovernet_tiled_equals_whole_map_and_votes_types(tmp_path):
     objs = sm.random_nuclei(SHAPE, spacing=24, classes=(1, 2), touching=0.3, seed=3)
     path = sm.write_maps(tmp_path / "hv.zarr", objs, SHAPE, card, heads, band_rows=100)
     (t, _, stats), (w, _, _) = (
-        extract(path, Options((TILE, TILE), MARGIN)),
-        extract(path, Options(tile_shape=None)),
+        extract(path, opts((TILE, TILE), MARGIN)),
+        extract(path, opts(tile_shape=None)),
     )
     tiled, whole = geoms(t[0][2]), geoms(w[0][2])
     m = evaluate.match(tiled, whole)
@@ -243,8 +271,8 @@ def test_semantic_regions_join_across_seams(tmp_path):
         tmp_path / "sem.zarr", regions, SHAPE, card, heads, blank=[(0, 60, 480, 576)]
     )
     (t, _, _), (w, _, _) = (
-        extract(path, Options((TILE, TILE), MARGIN), classmap_path=tmp_path / "t.zarr"),
-        extract(path, Options(tile_shape=None), classmap_path=tmp_path / "w.zarr"),
+        extract(path, opts((TILE, TILE), MARGIN), classmap_path=tmp_path / "t.zarr"),
+        extract(path, opts(tile_shape=None), classmap_path=tmp_path / "w.zarr"),
     )
     tiled, whole = geoms(t[0][2]), geoms(w[0][2])
     assert len(whole) == 4 and sorted(t[0][2].class_id) == [1, 1, 2, 2]
@@ -286,8 +314,8 @@ def test_random_layouts_are_tile_invariant(tmp_path_factory, seed, tile, margin)
         tmp_path_factory.mktemp("h") / "m.zarr", objs, shape, card, WATERSHED_HEADS
     )
     (t, _, stats), (w, _, _) = (
-        extract(path, Options(tile, margin)),
-        extract(path, Options(tile_shape=None)),
+        extract(path, opts(tile, margin)),
+        extract(path, opts(tile_shape=None)),
     )
     tiled, whole = geoms(t[0][2]), geoms(w[0][2])
     m = evaluate.match(tiled, whole)

@@ -7,15 +7,24 @@ import re
 import numpy as np
 import pytest
 import zarr
+from histoflow.config import schema_defaults
 from histoflow.errors import ConfigError, HistoflowError, ModelError
-from histoflow.instances import Options, extract, overlay, postprocess, run, tiling
+from histoflow.instances import InstancesOptions, extract, overlay, postprocess, run, tiling
 from histoflow.instances.objects import label_stats, object_polygons
-from histoflow.instances.table import object_ids
+from histoflow.instances.resources import estimate_mem_mb
 from histoflow.instances.tasks import tasks_from_card
+from histoflow.io.instance_table import object_ids
 from histoflow.synthetic import maps as sm
 
 HEADS = {"nuc": "probability", "energy": "energy"}
 CHANNELS = {"nuc": 1, "energy": 1, "hv": 2, "tp": 3}
+
+
+def opts(tile_shape, margin=64, workers=1, executor="process"):
+    """Options of the `instances` section with these values (one worker unless asked)."""
+    return InstancesOptions.from_config(
+        {"tile_shape": tile_shape, "margin": margin, "workers": workers, "executor": executor}
+    )
 
 
 def card_with(**entry):
@@ -54,7 +63,7 @@ def test_card_params_become_model_pixels():
 
 def test_hv_head_needs_two_channels():
     card = sm.card("hovernet", {"nuc": "probability", "energy": "hv"})
-    with pytest.raises(ModelError, match="heads.hv: head 'energy' must have 2 channels"):
+    with pytest.raises(ModelError, match=r"heads\.hv: head 'energy' must have 2 channels"):
         tasks_from_card(card, CHANNELS, 0.5)
 
 
@@ -173,8 +182,8 @@ def test_densest_window_finds_the_cluster():
 def test_margin_smaller_than_the_post_processing_reach_is_refused(tmp_path):
     card = sm.card("watershed", HEADS, params={"min_distance_um": 5.0})
     path = sm.write_maps(tmp_path / "m.zarr", sm.make_objects([]), (200, 200), card, HEADS)
-    with pytest.raises(ConfigError, match="'instances.margin': 8 px is too small.*at least 12"):
-        extract(path, Options(tile_shape=(64, 64), margin=8))
+    with pytest.raises(ConfigError, match=r"'instances\.margin': 8 px is too small.*at least 12"):
+        extract(path, opts(tile_shape=(64, 64), margin=8))
 
 
 def test_margin_not_smaller_than_the_tile_is_refused(tmp_path):
@@ -184,7 +193,7 @@ def test_margin_not_smaller_than_the_tile_is_refused(tmp_path):
     with pytest.raises(
         ConfigError, match=r"'instances.margin': 64 px is not smaller than the tile"
     ):
-        extract(path, Options(tile_shape=(64, 64), margin=64))
+        extract(path, opts(tile_shape=(64, 64), margin=64))
 
 
 def test_failure_leaves_no_table(tmp_path):
@@ -192,7 +201,7 @@ def test_failure_leaves_no_table(tmp_path):
     path = sm.write_maps(tmp_path / "m.zarr", sm.make_objects([]), (64, 64), card, HEADS)
     out = tmp_path / "out" / "instances.parquet"
     with pytest.raises(ModelError, match="params: unknown"):
-        run(path, out, options=Options(tile_shape=(64, 64), margin=16))
+        run(path, out, options=opts(tile_shape=(64, 64), margin=16))
     assert not out.exists() and list(out.parent.glob("*")) == []
 
 
@@ -206,7 +215,22 @@ def test_empty_slide_gives_an_empty_table(tmp_path):
     card = sm.card("watershed", HEADS)
     path = sm.write_maps(tmp_path / "m.zarr", sm.make_objects([]), (150, 150), card, HEADS)
     out = tmp_path / "instances.parquet"
-    stats = run(path, out, options=Options(tile_shape=(64, 64), margin=16))
+    stats = run(path, out, options=opts(tile_shape=(64, 64), margin=16))
     import pyarrow.parquet as pq
 
     assert stats.objects == {"nuclei": 0} and pq.read_table(out).num_rows == 0
+
+
+def test_rule_memory_follows_maps_zarr_and_refuses_a_corrupt_store(tmp_path):
+    cfg = schema_defaults("instances")
+    dry = estimate_mem_mb(tmp_path / "not-yet.zarr", cfg, 2)
+    card = sm.card("watershed", HEADS)
+    wide = sm.write_maps(tmp_path / "m.zarr", sm.make_objects([]), (64, 40000), card, HEADS)
+    # A slide wider than the dry-run guess: a wider strip of windows in memory.
+    assert estimate_mem_mb(wide, cfg, 2) > dry
+    assert estimate_mem_mb(wide, cfg, 3) > estimate_mem_mb(wide, cfg, 2)
+    corrupt = tmp_path / "corrupt.zarr"
+    corrupt.mkdir()
+    (corrupt / "zarr.json").write_text("{not json")
+    with pytest.raises(HistoflowError, match=r"corrupt\.zarr"):
+        estimate_mem_mb(corrupt, cfg, 2)

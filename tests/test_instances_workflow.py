@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import shapely
 from conftest import run_workflow
-from histoflow.instances import Options, evaluate, extract
+from histoflow.instances import InstancesOptions, evaluate, extract
 from histoflow.slide import open_slide
 from histoflow.synthetic import maps as sm
 from PIL import Image
@@ -40,7 +40,7 @@ def test_rule_on_a_seeded_maps_store(tmp_path, demo_slide):
     assert meta["tile_shape"] == [128, 128] and meta["margin"] == 32
     assert meta["tasks"]["nuclei"][0]["name"] == "Nucleus"
     assert table.column_names[:3] == ["id", "task", "class_id"]
-    ref, _, _ = extract(maps, Options(tile_shape=None))
+    ref, _, _ = extract(maps, InstancesOptions.from_config({"tile_shape": None, "workers": 1}))
     found = shapely.from_wkb(table["contour"].to_numpy(zero_copy_only=False))
     m = evaluate.match(found, shapely.from_wkb(ref[0][2].contour))
     assert m.f1 == 1.0 and m.mean_iou > 0.9999 and table.num_rows > 0.9 * len(objs)
@@ -76,7 +76,10 @@ def test_demo_slide_tiled_equals_whole_map(demo_run):
     meta = json.loads(table.schema.metadata[b"histoflow"])
     assert meta["model"] == "hed_nuclei" and meta["tile_shape"] == [512, 512]
     tiled = shapely.from_wkb(table["contour"].to_numpy(zero_copy_only=False))
-    ref, _, _ = extract(demo_run / "merge" / "maps.zarr", Options(tile_shape=None))
+    ref, _, _ = extract(
+        demo_run / "merge" / "maps.zarr",
+        InstancesOptions.from_config({"tile_shape": None, "workers": 1}),
+    )
     whole = shapely.from_wkb(ref[0][2].contour)
     m = evaluate.match(tiled, whole)
     assert len(whole) > 1000

@@ -1,10 +1,12 @@
 """extract_instances: slide-scale maps -> objects (nuclei, glands, regions), tile by tile.
 
-Modules, one concern each: `tasks` (model card -> post-processing tasks),
-`postprocess` (window -> labels / class map), `objects` (measurements, outlines),
-`regions` (semantic region pieces), `tiling` (grid and ownership rule), `dedup`
-(cross-tile checks with STRtrees), `table` (instances.parquet), `overlay` (picture),
-`engine` (reading, workers, assembly).
+Modules, one concern each: `options` (the config section), `tasks` (model card ->
+post-processing tasks), `postprocess` (window -> labels / class map), `objects`
+(measurements, outlines), `regions` (semantic region pieces), `tiling` (grid and
+ownership rule), `schedule` (tile plan, strips, workers), `work` (one tile),
+`dedup` (cross-tile checks with STRtrees), `assemble` (tile results -> objects per
+task, class map), `stage` (`extract` and `run`), `overlay` (picture), `resources`
+(the rule's memory). The table itself is `histoflow.io.instance_table`.
 
 De-dup rule (see `tiling`): every tile post-processes its core plus `margin` pixels
 of context and reports an object only if the object's centroid lies in its core and
@@ -19,14 +21,21 @@ overlaps one from another tile. Semantic regions, which are usually larger than 
 margin, are instead outlined per tile core and joined across seams.
 """
 
-__all__ = ["Options", "Stats", "extract", "run"]
+__all__ = ["InstancesOptions", "Stats", "extract", "run"]
+
+_HOMES = {
+    "InstancesOptions": "histoflow.instances.options",
+    "Stats": "histoflow.instances.stage",
+    "extract": "histoflow.instances.stage",
+    "run": "histoflow.instances.stage",
+}
 
 
 def __getattr__(name):
     # Lazy, so that the light `resources` module can be imported when Snakemake parses
     # the workflow without loading scikit-image, shapely and zarr.
-    if name in __all__:
-        from histoflow.instances import engine
+    if name in _HOMES:
+        import importlib
 
-        return getattr(engine, name)
+        return getattr(importlib.import_module(_HOMES[name]), name)
     raise AttributeError(name)

@@ -10,6 +10,8 @@ import shapely
 
 @dataclass(frozen=True)
 class Match:
+    """Counts of a one-to-one matching and the mean IoU of its pairs."""
+
     tp: int
     fp: int  # in `found`, unmatched
     fn: int  # in `truth`, unmatched
@@ -17,6 +19,7 @@ class Match:
 
     @property
     def f1(self) -> float:
+        """F1 score; 1.0 when both sets are empty."""
         d = 2 * self.tp + self.fp + self.fn
         return 1.0 if d == 0 else 2 * self.tp / d
 

@@ -31,10 +31,12 @@ class LabelStats:
 
     @property
     def n(self) -> int:
+        """Number of labels."""
         return len(self.area)
 
 
 def label_stats(labels: np.ndarray, n: int) -> LabelStats:
+    """Area, coordinate sums and box of labels 1..n of `labels`."""
     nz = np.flatnonzero(labels)
     lab = labels.ravel()[nz]
     y, x = np.divmod(nz, labels.shape[1])

@@ -10,14 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import shapely
 from PIL import Image, ImageDraw
 
+from histoflow.export.instances import RGB, class_color
 from histoflow.io.atomic import atomic_output
+from histoflow.io.instance_table import InstanceTable
 
 Reader = Callable[[int, int, int, int], np.ndarray]  # (x, y, w, h) model px -> RGB
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
 
 
 def densest_window(
@@ -42,11 +42,6 @@ def densest_window(
     x0 = int(min(max(bx * step, 0), W - w))
     y0 = int(min(max(by * step, 0), H - h))
     return x0, y0, w, h
-
-
-def _hex(color, index: int) -> tuple[int, int, int]:
-    c = color if isinstance(color, str) and len(color) == 7 else PALETTE[index % len(PALETTE)]
-    return tuple(int(c[i : i + 2], 16) for i in (1, 3, 5))
 
 
 def draw_outlines(
@@ -76,23 +71,25 @@ def draw_outlines(
     return img
 
 
+def _class_colors(table: InstanceTable, task: str, class_id: int) -> RGB:
+    classes = table.task_classes(task)
+    name = classes[class_id]["name"] if class_id < len(classes) else None
+    return class_color(table, task, name, class_id)
+
+
 def render(
-    table_path: str | Path,
-    meta: dict,
-    read: Reader,
-    size: int = 1536,
+    table: InstanceTable, read: Reader, size: int
 ) -> tuple[Image.Image, tuple[int, int, int, int]]:
     """The overlay picture of the densest window, and that window (model pixels)."""
-    scale = float(meta["scale"])
-    H, W = meta["shape"]
-    cols = pq.read_table(table_path, columns=["centroid_x", "centroid_y"])
+    scale = float(table.meta["scale"])
+    H, W = table.meta["shape"]
+    cols = table.read(["centroid_x", "centroid_y"])
     cx = cols["centroid_x"].to_numpy() / scale
     cy = cols["centroid_y"].to_numpy() / scale
     x0, y0, w, h = densest_window(cx, cy, (H, W), size)
     X0, Y0, X1, Y1 = x0 * scale, y0 * scale, (x0 + w) * scale, (y0 + h) * scale
-    rows = pq.read_table(
-        table_path,
-        columns=["task", "class_id", "contour"],
+    rows = table.read(
+        ["task", "class_id", "contour"],
         filters=[
             ("bbox_x1", ">=", X0),
             ("bbox_x0", "<=", X1),
@@ -100,23 +97,22 @@ def render(
             ("bbox_y0", "<=", Y1),
         ],
     )
-    tasks = meta.get("tasks", {})
-    palette = {
-        t: [_hex(c.get("color"), i) for i, c in enumerate(classes)] for t, classes in tasks.items()
-    }
-    colors = [
-        palette[t][k] if t in palette and k < len(palette[t]) else _hex(None, k)
-        for t, k in zip(rows["task"].to_pylist(), rows["class_id"].to_pylist(), strict=True)
-    ]
+    keys = list(zip(rows["task"].to_pylist(), rows["class_id"].to_pylist(), strict=True))
+    palette = {key: _class_colors(table, *key) for key in set(keys)}
     geoms = shapely.from_wkb(rows["contour"].to_numpy(zero_copy_only=False))
-    used = sorted(set(zip(rows["task"].to_pylist(), rows["class_id"].to_pylist(), strict=True)))
-    legend = [(tasks[t][k]["name"], palette[t][k]) for t, k in used if t in tasks]
+    legend = [
+        (table.task_classes(t)[k]["name"], palette[t, k])
+        for t, k in sorted(palette)
+        if k < len(table.task_classes(t))
+    ]
     rgb = read(x0, y0, w, h)
     width = 2 if size >= 1024 else 1
+    colors = [palette[key] for key in keys]
     return draw_outlines(rgb, geoms, colors, (x0, y0), scale, width, legend), (x0, y0, w, h)
 
 
 def write(img: Image.Image, path: str | Path) -> Path:
+    """Save the picture as PNG, atomically."""
     with atomic_output(path) as tmp:
         img.save(tmp, format="PNG")
     return Path(path)

@@ -35,16 +35,19 @@ class Pieces:
 
     @classmethod
     def empty(cls) -> Pieces:
+        """No pieces."""
         f = np.empty(0)
         return cls(np.empty(0, np.int32), np.empty(0, object), f, f, f, f, np.empty(0, bool))
 
     @classmethod
     def concat(cls, parts: list[Pieces]) -> Pieces:
+        """The pieces of all parts, in order."""
         if not parts:
             return cls.empty()
         return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in cls.__annotations__))
 
     def take(self, idx) -> Pieces:
+        """The pieces selected by an index array or boolean mask."""
         return Pieces(*(getattr(self, k)[idx] for k in self.__annotations__))
 
 

@@ -63,6 +63,7 @@ class Task:
 
     @property
     def kind(self) -> str:
+        """'regions' for semantic tasks, 'instances' for the others."""
         return "regions" if self.method == "semantic" else "instances"
 
     @property
@@ -93,85 +94,109 @@ def _px(method: str, params: dict, mpp: float) -> dict:
     return px
 
 
+def _task_name(entry, where: str, seen: set) -> str:
+    if not isinstance(entry, dict):
+        raise ModelError(f"{where}: must be a mapping")
+    task = str(entry.get("task", ""))
+    if not task or task in seen or "-" in task:
+        raise ModelError(f"{where}.task: need a unique name without '-', got '{task}'")
+    method = entry.get("method")
+    if method not in ROLES:
+        raise ModelError(f"{where}.method: '{method}' is not one of {', '.join(ROLES)}")
+    return task
+
+
+def _checked_heads(entry: dict, where: str, channels: dict[str, int]) -> dict[str, str]:
+    method = entry["method"]
+    required, optional = ROLES[method]
+    heads = dict(entry.get("heads") or {})
+    missing = sorted(required - heads.keys())
+    unknown = sorted(heads.keys() - required - optional)
+    if missing or unknown:
+        raise ModelError(
+            f"{where}.heads: {method} needs roles {sorted(required)}"
+            + (f" (optional {sorted(optional)})" if optional else "")
+            + f"; missing {missing}, unknown {unknown}"
+        )
+    for role, head in heads.items():
+        if head not in channels:
+            raise ModelError(
+                f"{where}.heads.{role}: head '{head}' is not in maps.zarr "
+                f"(heads: {', '.join(sorted(channels))})"
+            )
+    if "hv" in heads and channels[heads["hv"]] != 2:
+        raise ModelError(f"{where}.heads.hv: head '{heads['hv']}' must have 2 channels")
+    return heads
+
+
+def _checked_classes(
+    entry: dict, where: str, heads: dict[str, str], channels: dict[str, int]
+) -> list[dict]:
+    classes = entry.get("classes") or []
+    if not classes or not all(isinstance(c, dict) and "name" in c for c in classes):
+        raise ModelError(f"{where}.classes: need a list of {{name, color}}")
+    if len(classes) > 255:
+        raise ModelError(f"{where}.classes: at most 255 classes")
+    # Heads with one channel per class: the type head, and a semantic task's probability.
+    per_class = ["type"] if "type" in heads else []
+    per_class += ["probability"] if entry["method"] == "semantic" else []
+    for role in per_class:
+        head = heads[role]
+        if channels[head] != len(classes):
+            raise ModelError(
+                f"{where}.heads.{role}: head '{head}' has {channels[head]} "
+                f"channels but the task lists {len(classes)} classes"
+            )
+    return [{"name": str(c["name"]), "color": c.get("color")} for c in classes]
+
+
+def _checked_params(entry: dict, where: str, classes: list[dict]) -> dict:
+    method = entry["method"]
+    given = dict(entry.get("params") or {})
+    bad = sorted(given.keys() - DEFAULTS[method].keys())
+    if bad:
+        raise ModelError(
+            f"{where}.params: unknown {bad} for {method} "
+            f"(known: {', '.join(sorted(DEFAULTS[method]))})"
+        )
+    params = {**DEFAULTS[method], **given}
+    ignored = set(params.get("ignore_classes") or [])
+    if ignored - {c["name"] for c in classes}:
+        raise ModelError(f"{where}.params.ignore_classes: {sorted(ignored)} not all classes")
+    bg = params.get("background_class")
+    if bg is not None and not 0 <= int(bg) < len(classes):
+        raise ModelError(f"{where}.params.background_class: {bg} is not a class index")
+    return params
+
+
+def _task(entry: dict, where: str, name: str, channels: dict[str, int], mpp: float) -> Task:
+    heads = _checked_heads(entry, where, channels)
+    classes = _checked_classes(entry, where, heads, channels)
+    params = _checked_params(entry, where, classes)
+    method = entry["method"]
+    return Task(
+        name=name,
+        method=method,
+        heads=heads,
+        params=params,
+        classes=classes,
+        mpp=float(mpp),
+        px=_px(method, params, float(mpp)),
+    )
+
+
 def tasks_from_card(model: dict, channels: dict[str, int], mpp: float) -> list[Task]:
     """Tasks of the card's `postprocess` list; `channels` maps head name -> channels."""
     name = model.get("name", "?")
     entries = model.get("postprocess") or []
     if not isinstance(entries, list) or not entries:
         raise ModelError(f"model card '{name}': field 'postprocess' lists no task")
-    tasks, seen, n_semantic = [], set(), 0
+    tasks: list[Task] = []
     for i, entry in enumerate(entries):
         where = f"model card '{name}': postprocess[{i}]"
-        if not isinstance(entry, dict):
-            raise ModelError(f"{where}: must be a mapping")
-        task = str(entry.get("task", ""))
-        if not task or task in seen or "-" in task:
-            raise ModelError(f"{where}.task: need a unique name without '-', got '{task}'")
-        seen.add(task)
-        method = entry.get("method")
-        if method not in ROLES:
-            raise ModelError(f"{where}.method: '{method}' is not one of {', '.join(ROLES)}")
-        n_semantic += method == "semantic"
-        required, optional = ROLES[method]
-        heads = dict(entry.get("heads") or {})
-        missing = sorted(required - heads.keys())
-        unknown = sorted(heads.keys() - required - optional)
-        if missing or unknown:
-            raise ModelError(
-                f"{where}.heads: {method} needs roles {sorted(required)}"
-                + (f" (optional {sorted(optional)})" if optional else "")
-                + f"; missing {missing}, unknown {unknown}"
-            )
-        for role, head in heads.items():
-            if head not in channels:
-                raise ModelError(
-                    f"{where}.heads.{role}: head '{head}' is not in maps.zarr "
-                    f"(heads: {', '.join(sorted(channels))})"
-                )
-        if "hv" in heads and channels[heads["hv"]] != 2:
-            raise ModelError(f"{where}.heads.hv: head '{heads['hv']}' must have 2 channels")
-        classes = entry.get("classes") or []
-        if not classes or not all(isinstance(c, dict) and "name" in c for c in classes):
-            raise ModelError(f"{where}.classes: need a list of {{name, color}}")
-        if len(classes) > 255:
-            raise ModelError(f"{where}.classes: at most 255 classes")
-        for role in ("type",) if "type" in heads else ():
-            if channels[heads[role]] != len(classes):
-                raise ModelError(
-                    f"{where}.heads.type: head '{heads[role]}' has {channels[heads[role]]} "
-                    f"channels but the task lists {len(classes)} classes"
-                )
-        if method == "semantic" and channels[heads["probability"]] != len(classes):
-            raise ModelError(
-                f"{where}.heads.probability: head '{heads['probability']}' has "
-                f"{channels[heads['probability']]} channels but the task lists "
-                f"{len(classes)} classes"
-            )
-        given = dict(entry.get("params") or {})
-        bad = sorted(given.keys() - DEFAULTS[method].keys())
-        if bad:
-            raise ModelError(
-                f"{where}.params: unknown {bad} for {method} "
-                f"(known: {', '.join(sorted(DEFAULTS[method]))})"
-            )
-        params = {**DEFAULTS[method], **given}
-        ignored = set(params.get("ignore_classes") or [])
-        if ignored - {c["name"] for c in classes}:
-            raise ModelError(f"{where}.params.ignore_classes: {sorted(ignored)} not all classes")
-        bg = params.get("background_class")
-        if bg is not None and not 0 <= int(bg) < len(classes):
-            raise ModelError(f"{where}.params.background_class: {bg} is not a class index")
-        tasks.append(
-            Task(
-                name=task,
-                method=method,
-                heads=heads,
-                params=params,
-                classes=[{"name": str(c["name"]), "color": c.get("color")} for c in classes],
-                mpp=float(mpp),
-                px=_px(method, params, float(mpp)),
-            )
-        )
+        task = _task_name(entry, where, {t.name for t in tasks})
+        tasks.append(_task(entry, where, task, channels, mpp))
+    n_semantic = sum(t.method == "semantic" for t in tasks)
     if n_semantic > 1:
         # classmap.zarr holds one (H, W) class map (CONTRACTS.md).
         raise ModelError(f"model card '{name}': at most one semantic task, got {n_semantic}")

@@ -27,6 +27,8 @@ from histoflow.instances.objects import LabelStats
 
 @dataclass(frozen=True)
 class Tile:
+    """One cell of the grid: its core and the window read around it."""
+
     index: int
     row: int
     col: int
@@ -35,6 +37,7 @@ class Tile:
 
     @property
     def window_shape(self) -> tuple[int, int]:
+        """(height, width) of the window."""
         return self.window[1] - self.window[0], self.window[3] - self.window[2]
 
 

@@ -1,0 +1,125 @@
+"""Which tiles, in what order, on which workers.
+
+The main process reads one strip of tile windows (a band of rows, full width) at a
+time from maps.zarr and hands its tiles to the workers, so memory grows with slide
+width and tile height, not slide area. Results come back in tile order, so the output
+does not depend on the worker count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import sys
+from collections.abc import Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from histoflow.errors import ConfigError
+from histoflow.instances import tiling
+from histoflow.instances.options import InstancesOptions
+from histoflow.instances.tasks import Task
+from histoflow.instances.work import TileResult, process_tile
+from histoflow.io.maps_zarr import MapsZarr
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """The tile grid of one run: core shape, margin (model pixels) and tiles."""
+
+    tile_shape: tuple[int, int]
+    margin: int
+    tiles: list[tiling.Tile]
+
+
+def _check_margin(margin: int, tile_shape: tuple[int, int], need: int, tiled: bool) -> None:
+    if margin >= min(tile_shape):
+        raise ConfigError(
+            f"config field 'instances.margin': {margin} px is not smaller than the tile "
+            f"{list(tile_shape)} (instances.tile_shape); each tile would read more "
+            "context than it owns: lower the margin or raise the tile shape"
+        )
+    if margin <= need and tiled:
+        raise ConfigError(
+            f"config field 'instances.margin': {margin} px is too small; the "
+            f"post-processing reaches {need} px, so use at least {need + 1} "
+            "(and more than the largest object, in model pixels)"
+        )
+
+
+def plan_tiles(maps: MapsZarr, tasks: list[Task], options: InstancesOptions) -> TilePlan:
+    """The grid for `options`, checked against the tasks' reach; one tile if untiled."""
+    H, W = maps.shape
+    if options.tile_shape is None:
+        tile_shape, margin = (H, W), 0
+    else:
+        tile_shape = tiling.round_tile_shape(options.tile_shape, maps.attrs.get("patch_output"))
+        margin = int(options.margin)
+        need = max((t.halo for t in tasks if t.kind == "instances"), default=1)
+        _check_margin(margin, tile_shape, need, tile_shape[0] < H or tile_shape[1] < W)
+    tile_shape = tuple(tile_shape)
+    return TilePlan(tile_shape, margin, tiling.tile_grid(maps.shape, tile_shape, margin))
+
+
+def strips(tiles: list[tiling.Tile]) -> list[list[tiling.Tile]]:
+    """The tiles grouped by grid row, rows in order."""
+    rows: dict[int, list[tiling.Tile]] = {}
+    for t in tiles:
+        rows.setdefault(t.row, []).append(t)
+    return [rows[r] for r in sorted(rows)]
+
+
+def make_executor(options: InstancesOptions) -> Executor | None:
+    """A started pool of `options.workers`, or None to work in this process."""
+    if options.workers <= 1:
+        return None
+    if options.executor == "thread":
+        return ThreadPoolExecutor(options.workers, thread_name_prefix="instances")
+    # fork: scripts run as __main__ from a temporary file, which spawn would re-run.
+    ex = ProcessPoolExecutor(options.workers, mp_context=multiprocessing.get_context("fork"))
+    # Start the workers now, before zarr starts its I/O thread: forking a process
+    # with threads is unsafe. (With fork, Python starts all workers on first submit.)
+    ex.submit(int, 0).result()
+    return ex
+
+
+def read_names(tasks: list[Task]) -> list[str]:
+    """The maps.zarr arrays the tasks read: their heads, and coverage for regions."""
+    names = sorted({h for t in tasks for h in t.heads.values()})
+    return names + (["coverage"] if any(t.kind == "regions" for t in tasks) else [])
+
+
+def run_tiles(
+    maps: MapsZarr,
+    tiles: list[tiling.Tile],
+    tasks: list[Task],
+    executor: Executor | None,
+) -> Iterator[TileResult]:
+    """Results in tile order, one strip of windows read at a time."""
+    names = read_names(tasks)
+    for strip in strips(tiles):
+        data = maps.read_rows(names, strip[0].window[0], strip[0].window[1])
+        jobs = [(t, {k: v[:, t.window[2] : t.window[3]] for k, v in data.items()}) for t in strip]
+        del data
+        if executor is None:
+            for t, arrays in jobs:
+                yield process_tile(t, arrays, tasks, maps.shape, maps.scale)
+            continue
+        # One strip in memory at a time: the next strip is read once this one is done.
+        futures: list[Future] = [
+            executor.submit(process_tile, t, arrays, tasks, maps.shape, maps.scale)
+            for t, arrays in jobs
+        ]
+        del jobs
+        for f in futures:
+            yield f.result()
+        del futures
+
+
+def progress(total: int):
+    """A tqdm bar on stderr (the rule's log), or a null context without tqdm."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return contextlib.nullcontext(None)
+    return tqdm(total=total, desc="tiles", unit="tile", mininterval=5.0, file=sys.stderr)
