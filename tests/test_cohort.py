@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import zarr
 from conftest import run_workflow
 from histoflow.cohort import cohort_table, render_html, write_summary
 from histoflow.io.instance_table import (
@@ -17,6 +16,7 @@ from histoflow.io.instance_table import (
     build_table,
     write_instance_table,
 )
+from histoflow.synthetic.raw import write_synthetic_raw
 from histoflow.synthetic.tissue import tissue_blocks
 from histoflow.synthetic.writers import write_png
 
@@ -58,8 +58,9 @@ def seed_slide(root, sample, n_patches=None, objects=None, seconds=None):
         )
     )
     if n_patches is not None:
-        group = zarr.open_group(str(out / "infer" / "raw.zarr"), mode="w")
-        group.create_array("boxes", shape=(n_patches, 4), dtype="int64")
+        # One row of n_patches 4x4 patches.
+        raw = out / "infer" / "raw.zarr"
+        write_synthetic_raw(raw, (4, 4 * n_patches), (4, 4), (4, 4), {"p": 1}, sample=sample)
     if objects is not None:
         write_objects(out / "instances" / "instances.parquet", objects)
     for rule, s in (seconds or {}).items():

@@ -10,6 +10,12 @@ import pytest
 from histoflow.config import schema_defaults
 from histoflow.export import ExportError
 from histoflow.export.summary import summarize, write_summary
+from histoflow.synthetic.raw import write_synthetic_raw
+
+
+def write_raw(path, *args):
+    write_synthetic_raw(path, *args)
+    return path
 
 
 @pytest.fixture
@@ -17,7 +23,8 @@ def inputs(tmp_path):
     return {
         "mask_json": fx.make_mask_json(tmp_path / "mask.json", tissue_area_mm2=0.5),
         "instances": fx.make_instances(tmp_path / "instances.parquet", n=60),
-        "raw": fx.make_raw(tmp_path / "raw.zarr", n=12),
+        # 3 rows of 4 patches of 64 px: 12 patches.
+        "raw": write_raw(tmp_path / "raw.zarr", (192, 256), (64, 64), (64, 64), {"p": 1}),
         "benchmarks": {
             "mask_tissue": fx.make_benchmark(tmp_path / "b" / "mask_tissue.tsv", 1.5),
             "extract_instances": fx.make_benchmark(tmp_path / "b" / "extract.tsv", 12.25),

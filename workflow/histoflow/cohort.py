@@ -17,11 +17,9 @@ Status of a slide:
 from __future__ import annotations
 
 import html
-import json
 import os
 from pathlib import Path
 
-from histoflow.export import ExportError
 from histoflow.export.summary import (
     DEFAULT_DIGITS,
     DIGITS,
@@ -34,6 +32,7 @@ from histoflow.export.summary import (
 )
 from histoflow.io.atomic import atomic_output
 from histoflow.io.instance_table import open_instance_table
+from histoflow.io.mask_files import read_mask_meta
 from histoflow.manifest.benchmarks import rule_timings
 from histoflow.paths import SamplePaths, log_path
 
@@ -59,13 +58,6 @@ RULE_ORDER = ("mask_tissue", "infer_patches", "merge_patches", "extract_instance
 LAST_RULES = ("write_manifest",)
 TOTAL_TIME = "time_total_s"
 STATUSES = ("ok", "failed", "missing")
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _error_in(log: Path) -> str | None:
@@ -105,22 +97,17 @@ def slide_status(paths: SamplePaths, sheet_row: dict, logs_dir: Path) -> dict:
 
 def mask_facts(paths: SamplePaths) -> dict:
     """Slide geometry and tissue area from mask.json; {} when the mask stage has not run."""
-    mask = _read_json(paths.mask_json)
-    if not mask:
+    if not paths.mask_json.is_file():
         return {}
+    mask = read_mask_meta(paths.mask_json)
     width, height = mask.get("slide_dimensions") or (None, None)
     facts = {"slide_width": width, "slide_height": height, "slide_mpp": mask.get("mpp")}
     return facts | {key: mask.get(key) for key in MASK_COLUMNS}
 
 
 def _patches(raw_zarr: Path) -> int | None:
-    """Patches in raw.zarr; None when it is absent or has no `boxes` (the cell stays empty)."""
-    if not raw_zarr.is_dir():
-        return None
-    try:
-        return count_patches(raw_zarr)
-    except ExportError:
-        return None
+    """Patches in raw.zarr; None when it is absent (temporary, or inference did not run)."""
+    return count_patches(raw_zarr) if raw_zarr.exists() else None
 
 
 def slide_row(

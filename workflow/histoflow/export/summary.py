@@ -11,7 +11,6 @@ formatting (`format_cell`) are the ones the cohort table uses too.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -20,6 +19,8 @@ from histoflow.config import schema_defaults
 from histoflow.export import ExportError
 from histoflow.io.atomic import atomic_output
 from histoflow.io.instance_table import InstanceTable, open_instance_table
+from histoflow.io.mask_files import read_mask_meta
+from histoflow.io.raw_zarr import open_raw
 from histoflow.manifest.benchmarks import BenchmarkError, read_benchmark
 
 # Decimal places of float columns (fixed formatting keeps reruns byte-identical).
@@ -28,14 +29,8 @@ DEFAULT_DIGITS = 2
 
 
 def count_patches(raw_path: str | Path) -> int:
-    """Rows of raw.zarr's `boxes` array: the patches inference ran on."""
-    import zarr
-
-    try:
-        boxes = zarr.open_array(store=str(Path(raw_path) / "boxes"), mode="r")
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        raise ExportError(f"file '{raw_path}': no 'boxes' array ({exc})") from exc
-    return int(boxes.shape[0])
+    """The patches inference ran on (rows of raw.zarr's `boxes`)."""
+    return len(open_raw(raw_path))
 
 
 def stage_seconds(benchmark: str | Path) -> float | None:
@@ -130,7 +125,7 @@ def summarize(
     """
     if timings is None:
         timings = schema_defaults("export")["summary_timings"]
-    mask = json.loads(Path(mask_json).read_text())
+    mask = read_mask_meta(mask_json)
     table = open_instance_table(instances)
     row: dict = {
         "sample": sample,

@@ -13,6 +13,9 @@ import os
 from pathlib import Path
 
 from histoflow.io.atomic import atomic_output
+from histoflow.io.maps_zarr import read_maps_attrs
+from histoflow.io.mask_files import read_mask_meta
+from histoflow.io.raw_zarr import read_raw_attrs
 from histoflow.manifest.fingerprint import fingerprint
 from histoflow.paths import LAYOUT, SamplePaths
 from histoflow.versions import package_versions
@@ -32,16 +35,8 @@ def sample_paths(sample_dir: str | os.PathLike) -> SamplePaths:
     return SamplePaths(sample_dir.name, str(sample_dir.parent))
 
 
-def read_store_attrs(store: str | os.PathLike) -> dict | None:
-    """Attributes of a Zarr group (v3 `zarr.json`, or v2 `.zattrs`) without opening it."""
-    store = Path(store)
-    v3 = store / "zarr.json"
-    if v3.is_file():
-        return json.loads(v3.read_text()).get("attributes", {})
-    v2 = store / ".zattrs"
-    if v2.is_file():
-        return json.loads(v2.read_text())
-    return None
+# Stores that may hold the model card, first hit wins, with their attribute readers.
+MODEL_STORES = (("raw_zarr", read_raw_attrs), ("maps_zarr", read_maps_attrs))
 
 
 def model_provenance(sample_dir: str | os.PathLike) -> dict | None:
@@ -51,8 +46,8 @@ def model_provenance(sample_dir: str | os.PathLike) -> dict | None:
     survives in maps.zarr when raw.zarr was temporary.
     """
     paths = sample_paths(sample_dir)
-    for name in ("raw_zarr", "maps_zarr"):
-        attrs = read_store_attrs(getattr(paths, name))
+    for name, read_attrs in MODEL_STORES:
+        attrs = read_attrs(getattr(paths, name))
         if attrs and "model" in attrs:
             return {
                 "source": LAYOUT[name],
@@ -69,7 +64,7 @@ def slide_facts(sample_dir: str | os.PathLike) -> dict | None:
     meta = sample_paths(sample_dir).mask_json
     if not meta.is_file():
         return None
-    data = json.loads(meta.read_text())
+    data = read_mask_meta(meta)
     return {key: data.get(key) for key in SLIDE_FIELDS}
 
 
