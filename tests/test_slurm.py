@@ -45,6 +45,25 @@ def site_profile(path, partition: str):
     return path
 
 
+def gpus_requested(job_id: str) -> int:
+    """GPUs the job asked for: 0 when scontrol shows no GPU request."""
+    show = subprocess.run(
+        ["scontrol", "show", "job", "-o", job_id],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    # An unknown (purged) job must fail the test, not pass it without a field to check.
+    assert show.returncode == 0 and f"JobId={job_id}" in show.stdout, show.stderr
+    # --gpus=1 shows as TresPerJob=gres:gpu:1 (gres/gpu:1 in newer SLURM) and in
+    # ReqTRES as gres/gpu=1; squeue's %b lists only --gres requests.
+    fields = dict(re.findall(r"\b(TresPerJob|ReqTRES)=(\S+)", show.stdout))
+    found = re.search(r"gres[:/]gpu:(\d+)", fields.get("TresPerJob", "")) or re.search(
+        r"gres/gpu=(\d+)", fields.get("ReqTRES", "")
+    )
+    return int(found.group(1)) if found else 0
+
+
 def test_fake_gpu_is_scheduled(cluster):
     # The GPU request of infer_patches (gpu: 1 -> --gpus=1) must be satisfiable.
     proc = subprocess.run(
@@ -87,19 +106,12 @@ def test_demo_cohort_on_slurm_equals_local_run(cluster, tmp_path, demo_slide, de
         assert jobs[job_id]["state"] == "COMPLETED", jobs[job_id]
     rules = {re.match(r"rule_([a-z_]+?)_wildcards", j["comment"]) for j in jobs.values()}
     ran = {m.group(1) for m in rules if m}
-    assert {"mask_tissue", "write_manifest"} <= ran, jobs
-    if "infer_patches" in ran:
-        gpu_jobs = [j["id"] for j in jobs.values() if "rule_infer_patches" in j["comment"]]
-        assert gpu_jobs
-        for job_id in gpu_jobs:
-            # --gpus=1 shows as TresPerJob (squeue's %b only lists --gres requests).
-            show = subprocess.run(
-                ["scontrol", "show", "job", "-o", job_id],
-                capture_output=True,
-                text=True,
-                timeout=20,
-            ).stdout
-            assert "TresPerJob=gres:gpu:1" in show or "gres/gpu=1" in show, show
+    # The demo config runs infer_patches, the one rule that asks for a GPU.
+    assert {"mask_tissue", "infer_patches", "write_manifest"} <= ran, jobs
+    gpu_jobs = [j["id"] for j in jobs.values() if "rule_infer_patches" in j["comment"]]
+    assert gpu_jobs, jobs
+    for job_id in gpu_jobs:
+        assert gpus_requested(job_id) == 1, job_id
 
     # The jobs' own logs name their SLURM job (scripts/_common.py).
     slurm_logs = tmp_path / "slurm" / "logs"
