@@ -8,7 +8,7 @@ def main():
     from histoflow.inference.runner import InferenceOptions, run
     from histoflow.models.card import load_dense_card
     from histoflow.models.loader import load_model
-    from histoflow.tissue import read_mask
+    from histoflow.io.mask_files import read_mask
 
     sm = snakemake  # noqa: F821 - injected by Snakemake
     torch.set_num_threads(max(1, sm.threads))

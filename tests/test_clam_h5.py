@@ -7,10 +7,11 @@ import numpy as np
 import openslide
 import pytest
 import torch
+from histoflow.io.mask_files import write_mask_files
 from histoflow.tiles.default_model import StainStats
 from histoflow.tiles.infer import TileOptions, run
 from histoflow.tiles.model import load_tile_card
-from histoflow.tissue import MaskOptions, compute_tissue_mask, write_outputs
+from histoflow.tissue import MaskOptions, compute_tissue_mask
 from PIL import Image
 
 
@@ -24,7 +25,7 @@ def infer(out, slide_path, formats=("hdf5",), **options):
         with open_slide(slide_path, sample="cmu") as slide:
             result = compute_tissue_mask(slide, MaskOptions.from_config())
         names = ("mask.png", "thumbnail.png", "overlay.png", "mask.json")
-        write_outputs(result, *(mask_dir / n for n in names))
+        write_mask_files(result, *(mask_dir / n for n in names))
     opts = TileOptions.from_config({"formats": list(formats), "num_workers": 0, **options})
     ext = {"hdf5": ".h5", "zarr": ".zarr", "npz": ".npz"}
     outputs = {f: str(out / f"cmu{ext[f]}") for f in formats}

@@ -15,7 +15,7 @@ from histoflow.inference.runner import InferenceOptions, run
 from histoflow.models.card import load_card
 from histoflow.models.loader import load_model
 from histoflow.synthetic.slides import make_nuclei_slide
-from histoflow.tissue import read_mask
+from histoflow.io.mask_files import read_mask
 from scipy import ndimage
 from scipy.stats import mannwhitneyu
 

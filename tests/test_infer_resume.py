@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zarr
 from conftest import REPO
-from histoflow.io.raw_store import partial_path
+from histoflow.io.raw_zarr import partial_path
 
 # Runs inference in a child process, slowed per batch so it can be killed mid-run.
 CHILD = """
@@ -78,27 +78,27 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, demo_slide, kill_aft
 
 
 def test_changed_settings_discard_partial(tmp_path, demo_slide):
-    from histoflow.io.raw_store import RawStoreWriter
+    from histoflow.io.raw_zarr import RawZarrWriter
 
     boxes = np.array([[0, 0, 4, 4], [4, 0, 8, 4]])
     heads = [{"name": "p", "channels": 1}]
-    w = RawStoreWriter(
+    w = RawZarrWriter(
         tmp_path / "r.zarr", boxes, boxes[:, :2], heads, (4, 4), {"a": 1}, chunk_patches=1
     )
     w.append({"p": np.ones((1, 4, 4, 1), np.float16)})
     assert w.written == 1
-    same = RawStoreWriter(
+    same = RawZarrWriter(
         tmp_path / "r.zarr", boxes, boxes[:, :2], heads, (4, 4), {"a": 1}, chunk_patches=1
     )
     assert same.written == 1
-    other = RawStoreWriter(
+    other = RawZarrWriter(
         tmp_path / "r.zarr", boxes, boxes[:, :2], heads, (4, 4), {"a": 2}, chunk_patches=1
     )
     assert other.written == 0
 
 
 def test_background_writer_same_bytes_and_errors_surface(tmp_path):
-    from histoflow.io.raw_store import RawStoreWriter
+    from histoflow.io.raw_zarr import RawZarrWriter
 
     rng = np.random.default_rng(0)
     boxes = np.array([[4 * i, 0, 4 * i + 4, 4] for i in range(11)])
@@ -106,7 +106,7 @@ def test_background_writer_same_bytes_and_errors_surface(tmp_path):
     data = rng.random((11, 4, 4, 2)).astype(np.float16)
     stores = []
     for background in (False, True):
-        w = RawStoreWriter(
+        w = RawZarrWriter(
             tmp_path / f"{background}.zarr",
             boxes,
             boxes[:, :2],
@@ -123,14 +123,14 @@ def test_background_writer_same_bytes_and_errors_surface(tmp_path):
     assert a == b
     assert np.array_equal(zarr.open_group(str(stores[1]), mode="r")["heads"]["p"][:], data)
     # Batches that do not fit the store are refused (zarr itself would crop them).
-    w = RawStoreWriter(tmp_path / "x.zarr", boxes, boxes[:, :2], heads, (4, 4), {})
+    w = RawZarrWriter(tmp_path / "x.zarr", boxes, boxes[:, :2], heads, (4, 4), {})
     with pytest.raises(ValueError, match="head 'p' patches have shape"):
         w.append({"p": np.zeros((3, 5, 5, 2), np.float16)})
     with pytest.raises(ValueError, match="more patches than the 11 boxes"):
         w.append({"p": np.zeros((12, 4, 4, 2), np.float16)})
     # A write that fails in the thread (a full disk, say) is raised in the caller, and
     # nothing is published.
-    w = RawStoreWriter(
+    w = RawZarrWriter(
         tmp_path / "bad.zarr",
         boxes,
         boxes[:, :2],

@@ -184,17 +184,18 @@ def test_png_crop_is_one_sample(tmp_path):
 
 
 def test_plain_image_map_is_the_same_with_every_write_strategy(tmp_path):
+    from histoflow.io.mask_files import write_mask_files
     from histoflow.slide import open_slide
     from histoflow.synthetic.tissue import tissue_blocks
     from histoflow.tiles.infer import TileOptions, run
-    from histoflow.tissue import MaskOptions, compute_tissue_mask, write_outputs
+    from histoflow.tissue import MaskOptions, compute_tissue_mask
 
     png = tmp_path / "roi.png"
     Image.fromarray(tissue_blocks(300, 260, seed=5)[0]).save(png)
     with open_slide(png, sample="roi", mpp=1.0) as slide:
         result = compute_tissue_mask(slide, MaskOptions.from_config())
     names = ("mask.png", "thumbnail.png", "overlay.png", "mask.json")
-    write_outputs(result, *(tmp_path / n for n in names))
+    write_mask_files(result, *(tmp_path / n for n in names))
     card = load_tile_card("builtin:stain_classes")
     maps = {}
     for strategy in ("cache_tiles", "write_image", "write_tiles_zarr"):

@@ -24,6 +24,8 @@ from PIL import Image
 from histoflow.errors import HistoflowError
 from histoflow.export.instances import parse_color
 from histoflow.io.atomic import atomic_output
+from histoflow.io.maps_zarr import COVERAGE, MapsZarrWriter
+from histoflow.merge.canvas import Region
 from histoflow.tiles.strategies import read_grid_map
 
 PNG_MAX_SIDE = 1024
@@ -41,8 +43,6 @@ def _classifier_attrs(attrs: dict) -> list[dict]:
 
 def export_tile_ometiff(map_path, out_path, sample: str, tmpdir=None) -> None:
     """Pyramidal OME-TIFF, one uint8 channel per class (round(255 * score))."""
-    import zarr
-
     from histoflow.export.ometiff import export_ometiff
 
     scores, coverage, attrs = read_grid_map(map_path)
@@ -59,11 +59,19 @@ def export_tile_ometiff(map_path, out_path, sample: str, tmpdir=None) -> None:
         "model": {"postprocess": [{"heads": {"probability": "scores"}, "classes": classes}]},
     }
     with tempfile.TemporaryDirectory(dir=tmpdir, prefix=f"histoflow-{sample}-grid-") as td:
-        root = zarr.create_group(store=str(Path(td) / "maps.zarr"), zarr_format=3)
-        root.create_array("scores", data=scores.astype(np.float32))
-        root.create_array("coverage", data=coverage.astype(np.uint16))
-        root.attrs.update(maps_attrs)
+        _write_maps(Path(td) / "maps.zarr", scores, coverage, maps_attrs)
         export_ometiff(Path(td) / "maps.zarr", out_path, sample, tmpdir=td)
+
+
+def _write_maps(path: Path, scores: np.ndarray, coverage: np.ndarray, attrs: dict) -> None:
+    """The grid map as a one-head maps store, in one band (tile-grid maps are small)."""
+    height, width = coverage.shape
+    channels = {"scores": scores.shape[2]}
+    writer = MapsZarrWriter(path, (height, width), channels, max(1, height), attrs)
+    for _, buffers in writer.segments(Region(0, height, 0, width)):
+        buffers["scores"][...] = scores
+        buffers[COVERAGE][...] = coverage
+    writer.close()
 
 
 def render_png(

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from histoflow.config import schema_defaults
 from histoflow.inference import core
 from histoflow.inference.grid import PatchGrid, make_grid
-from histoflow.io.raw_store import RawStoreWriter
+from histoflow.io.raw_zarr import RawZarrWriter
 from histoflow.models.card import ModelCard
 from histoflow.models.loader import outputs_by_head
 from histoflow.slide import Slide, open_slide
@@ -154,7 +154,7 @@ def run(
     with open_slide(slide_path, sample=sample, mpp=mpp_override) as slide:
         grid, shape = plan_grid(slide, card, opts, mask, mask_meta)
         attrs = raw_attrs(card, grid, shape, slide, opts, sample)
-    writer = RawStoreWriter(
+    writer = RawZarrWriter(
         out_path,
         grid.boxes,
         grid.grid,

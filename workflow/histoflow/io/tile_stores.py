@@ -61,12 +61,15 @@ COORDS_ATTRS = (
 
 
 class OutputFormat(StrEnum):
+    """The per-tile store formats, by their config name (`tiles.formats`)."""
+
     ZARR = "zarr"
     HDF5 = "hdf5"
     NPZ = "npz"
 
     @property
     def suffix(self) -> str:
+        """The file suffix of the format."""
         return {"zarr": ".zarr", "hdf5": ".h5", "npz": ".npz"}[self.value]
 
 
@@ -108,6 +111,7 @@ class PredictionWriter(ABC):
 
     # -- public interface -------------------------------------------------------------
     def open(self, num_tiles: int, embedding_dim: int) -> PredictionWriter:
+        """Start writing `num_tiles` rows of `embedding_dim` values; returns the writer."""
         if self._stack is not None:
             raise RuntimeError(f"{self.path}: writer already open")
         if num_tiles < 0 or embedding_dim < 1:
@@ -128,6 +132,7 @@ class PredictionWriter(ABC):
         return self
 
     def write(self, response: TileResponse) -> None:
+        """Add the next tile's row."""
         if self._stack is None:
             raise RuntimeError(f"{self.path}: write() before open()")
         if self.count >= self.num_tiles:
@@ -148,18 +153,21 @@ class PredictionWriter(ABC):
             self._flush()
 
     def set_thumbnail(self, rgb) -> None:
+        """Store an (h, w, 3) RGB thumbnail with the rows."""
         rgb = np.asarray(rgb)
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"thumbnail must be (h, w, 3), got {rgb.shape}")
         self.thumbnail = rgb.astype(np.uint8, copy=False)
 
     def set_tissue_mask(self, mask) -> None:
+        """Store an (h, w) tissue mask with the rows."""
         mask = np.asarray(mask)
         if mask.ndim != 2:
             raise ValueError(f"tissue mask must be (h, w), got {mask.shape}")
         self.tissue_mask = mask.astype(np.uint8, copy=False)
 
     def set_metadata(self, metadata: dict) -> None:
+        """The metadata to store (must be JSON-serialisable)."""
         metadata_json(metadata)  # fail now, not at close, if it is not JSON
         self.metadata = dict(metadata)
 
@@ -167,6 +175,7 @@ class PredictionWriter(ABC):
         """No-op by default (a writer may ignore them); the three writers here store them."""
 
     def close(self) -> None:
+        """Write everything and rename the store onto its path."""
         if self._stack is None:
             raise RuntimeError(f"{self.path}: close() before open()")
         try:
@@ -239,11 +248,32 @@ class _Aborted(Exception):
     pass
 
 
-class ZarrWriter(PredictionWriter):
-    format = OutputFormat.ZARR
+class _GeneStoringWriter(PredictionWriter):
+    """A writer that keeps the gene names (the three formats here all do)."""
 
     def set_gene_names(self, input_genes=None, output_genes=None) -> None:
+        """Store the gene IDs of an expression model's input and output values."""
         self._store_gene_names(input_genes, output_genes)
+
+
+class _ArrayRowsWriter(_GeneStoringWriter):
+    """A writer whose backend holds preallocated `features`, `coords`, `tissue_ratio` arrays."""
+
+    _features: Any
+    _coords: Any
+    _ratio: Any
+
+    def _write_rows(self, start, features, coords, ratio) -> None:
+        stop = start + len(ratio)
+        self._features[start:stop] = features
+        self._coords[start:stop] = coords
+        self._ratio[start:stop] = ratio
+
+
+class ZarrWriter(_ArrayRowsWriter):
+    """Rows into a Zarr v3 group; metadata in its attributes."""
+
+    format = OutputFormat.ZARR
 
     def _open_backend(self) -> None:
         import zarr
@@ -260,12 +290,6 @@ class ZarrWriter(PredictionWriter):
         self._ratio = self._group.create_array(
             "tissue_ratio", shape=(n,), chunks=(rows,), dtype="float32", fill_value=0
         )
-
-    def _write_rows(self, start, features, coords, ratio) -> None:
-        stop = start + len(ratio)
-        self._features[start:stop] = features
-        self._coords[start:stop] = coords
-        self._ratio[start:stop] = ratio
 
     def _close_backend(self) -> None:
         if self.count != self.num_tiles:
@@ -291,11 +315,10 @@ class ZarrWriter(PredictionWriter):
         )
 
 
-class HDF5Writer(PredictionWriter):
-    format = OutputFormat.HDF5
+class HDF5Writer(_ArrayRowsWriter):
+    """Rows into an HDF5 file as CLAM and TRIDENT read it."""
 
-    def set_gene_names(self, input_genes=None, output_genes=None) -> None:
-        self._store_gene_names(input_genes, output_genes)
+    format = OutputFormat.HDF5
 
     def _open_backend(self) -> None:
         import h5py
@@ -313,12 +336,6 @@ class HDF5Writer(PredictionWriter):
         self._ratio = self._file.create_dataset(
             "tissue_ratio", (n,), "float32", chunks=(rows,), maxshape=(None,), **opts
         )
-
-    def _write_rows(self, start, features, coords, ratio) -> None:
-        stop = start + len(ratio)
-        self._features[start:stop] = features
-        self._coords[start:stop] = coords
-        self._ratio[start:stop] = ratio
 
     def _close_backend(self) -> None:
         import h5py
@@ -353,11 +370,10 @@ class HDF5Writer(PredictionWriter):
         self._file.close()
 
 
-class NPZWriter(PredictionWriter):
-    format = OutputFormat.NPZ
+class NPZWriter(_GeneStoringWriter):
+    """Rows into a deterministic `.npz`, spilled to disk until `close`."""
 
-    def set_gene_names(self, input_genes=None, output_genes=None) -> None:
-        self._store_gene_names(input_genes, output_genes)
+    format = OutputFormat.NPZ
 
     def _open_backend(self) -> None:
         import tempfile
@@ -367,9 +383,10 @@ class NPZWriter(PredictionWriter):
             dir=self._tmp.parent, prefix=f".{self.path.name}.spill-"
         )
         spill = Path(self._spill_dir.name)
-        self._spills = [open(spill / n, "wb") for n in ("features", "coords", "ratio")]
+        names = ("features", "coords", "ratio")
+        self._spills = [open(spill / n, "wb") for n in names]  # noqa: SIM115 - closed in close/abort
 
-    def _write_rows(self, start, features, coords, ratio) -> None:
+    def _write_rows(self, _start, features, coords, ratio) -> None:
         for fh, rows in zip(self._spills, (features, coords, ratio)):
             fh.write(np.ascontiguousarray(rows).tobytes())
 

@@ -19,7 +19,6 @@ import math
 import time
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -27,6 +26,7 @@ from PIL import Image
 from histoflow.config import schema_defaults
 from histoflow.errors import SlideError
 from histoflow.io.atomic import atomic_output
+from histoflow.io.mask_files import read_mask
 from histoflow.io.tile_stores import PredictionWriter, TileResponse, create_writer
 from histoflow.tiles import metadata
 from histoflow.tiles.images import PageSlide, open_samples
@@ -177,9 +177,8 @@ def run(
 
     started = time.perf_counter()
     torch.set_num_threads(max(1, threads))
-    mask_meta = json.loads(Path(mask_json).read_text())
+    mask, mask_meta = read_mask(mask_png, mask_json)
     slides = open_samples(slide_path, sample, sheet_mpp)
-    mask = _read_png(mask_png) > 0
     plan = plan_tiles(slides, mask, mask_meta, card, opts, mask_options)
     if plan.num_tiles == 0:
         log.warning("sample '%s': no tile reaches the tissue threshold; outputs are empty", sample)
