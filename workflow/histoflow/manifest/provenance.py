@@ -27,16 +27,14 @@ OWN_FILES = (LAYOUT["manifest_json"], LAYOUT["run_json"])
 SHEET_FIELDS = ("path", "mpp", "mask")
 # mask.json fields recorded: the slide geometry as the mask stage read it.
 SLIDE_FIELDS = ("slide_dimensions", "mpp", "mpp_source", "thumbnail_mpp", "method")
+# Stores that may hold the model card, first hit wins, with their attribute readers.
+MODEL_STORES = (("raw_zarr", read_raw_attrs), ("maps_zarr", read_maps_attrs))
 
 
 def sample_paths(sample_dir: str | os.PathLike) -> SamplePaths:
     """The layout of the slide folder `sample_dir` (results/<sample>)."""
     sample_dir = Path(sample_dir)
     return SamplePaths(sample_dir.name, str(sample_dir.parent))
-
-
-# Stores that may hold the model card, first hit wins, with their attribute readers.
-MODEL_STORES = (("raw_zarr", read_raw_attrs), ("maps_zarr", read_maps_attrs))
 
 
 def model_provenance(sample_dir: str | os.PathLike) -> dict | None:
