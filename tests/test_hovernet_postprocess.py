@@ -23,6 +23,7 @@ from histoflow.instances.hovernet_published import (
     vote_types,
 )
 from scipy import ndimage as ndi
+from skimage.segmentation import watershed
 
 CELL = 64  # one isolated nucleus or one touching pair per CELL x CELL block
 
@@ -185,3 +186,72 @@ def test_opencv_equivalents():
     assert not minmax(np.full((3, 3), 7.0)).any()
     assert minmax(np.array([2.0, 4.0, 3.0])).tolist() == [0.0, 1.0, 0.5]
     assert HoverParams.scaled(0.5) == HoverParams(ksize=11, min_marker_size=3)
+
+
+def test_blurred_noisy_maps_f1():
+    # network-like maps: hv blurred (sigma 1.5 px) plus noise, np blurred plus noise
+    truth, prob, hv = scene(np.random.default_rng(5), blocks=(6, 6))
+    rng = np.random.default_rng(6)
+    hv = ndi.gaussian_filter(hv, (1.5, 1.5, 0)) + rng.normal(0, 0.1, hv.shape)
+    prob = np.clip(ndi.gaussian_filter(prob, 1.5) + rng.normal(0, 0.1, prob.shape), 0, 1)
+    labels = hovernet_labels(prob.astype(np.float32), hv.astype(np.float32))
+    assert f1_at_iou(truth, labels) >= 0.99
+
+
+def opencv_published(cv2, np_map, hv_map):
+    """TIAToolbox 2.1.3's HoVer-Net post-processing written with OpenCV, as it runs it."""
+
+    def drop_small(lab, size):
+        small = np.bincount(lab.ravel()) < size
+        small[0] = False
+        return np.where(small[lab], 0, lab)
+
+    def norm(a):
+        return cv2.normalize(a, None, alpha=0, beta=1, norm_type=cv2.NORM_MINMAX, dtype=cv2.CV_32F)
+
+    blb = (drop_small(ndi.label(np_map >= 0.5)[0], 10) > 0).astype(np.int32)
+    sob_h = 1 - norm(cv2.Sobel(norm(hv_map[..., 0]), cv2.CV_64F, 1, 0, ksize=21))
+    sob_v = 1 - norm(cv2.Sobel(norm(hv_map[..., 1]), cv2.CV_64F, 0, 1, ksize=21))
+    energy = np.clip(np.maximum(sob_h, sob_v) - (1 - blb), 0, None)
+    dist = -cv2.GaussianBlur((1.0 - energy) * blb, (3, 3), 0)
+    marker = np.clip(blb - (energy >= 0.4).astype(np.int32), 0, None)
+    marker = ndi.binary_fill_holes(marker).astype(np.uint8)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    marker = cv2.morphologyEx(marker, cv2.MORPH_OPEN, kernel)
+    marker = drop_small(ndi.label(marker)[0], 10)
+    return watershed(dist, markers=marker, mask=blb)
+
+
+def same_partition(a, b):
+    """Equal label images up to renumbering."""
+    if not np.array_equal(a > 0, b > 0):
+        return False
+    pairs = set(zip(a[a > 0].tolist(), b[b > 0].tolist()))
+    return len(pairs) == len(np.unique(a[a > 0])) == len(np.unique(b[b > 0]))
+
+
+def test_equals_opencv_pipeline():
+    # Only where OpenCV is installed (histoflow does not depend on it): the numpy/scipy
+    # pipeline gives the same partition as the OpenCV one, on exact, noisy and random maps.
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(7)
+    _, prob, hv = scene(rng, blocks=(4, 4))
+    noisy_hv = ndi.gaussian_filter(hv, (1.5, 1.5, 0)) + rng.normal(0, 0.1, hv.shape)
+    random_p = ndi.gaussian_filter(rng.random((164, 164)), 4)
+    random_p = (random_p - random_p.min()) / np.ptp(random_p)
+    random_hv = ndi.gaussian_filter(rng.normal(size=(164, 164, 2)), (3, 3, 0))
+    for p, h in ((prob, hv), (prob, noisy_hv), (random_p, random_hv)):
+        p, h = p.astype(np.float32), h.astype(np.float32)
+        assert same_partition(opencv_published(cv2, p, h), hovernet_labels(p, h))
+    image = rng.random((50, 70)).astype(np.float32)
+    for k in (3, 5, 21):
+        for axis, (dx, dy) in ((1, (1, 0)), (0, (0, 1))):
+            ref = cv2.Sobel(image, cv2.CV_64F, dx, dy, ksize=k)
+            np.testing.assert_allclose(
+                sobel(image, axis, k), ref, rtol=0, atol=1e-9 * np.abs(ref).max()
+            )
+    np.testing.assert_allclose(gaussian3(image), cv2.GaussianBlur(image, (3, 3), 0), atol=1e-6)
+    for size in (3, 5, 7, 9):
+        assert np.array_equal(
+            ellipse(size), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)) > 0
+        )
