@@ -76,7 +76,7 @@ def test_fake_gpu_is_scheduled(cluster):
     assert proc.stdout.strip() == "0"
 
 
-def test_demo_cohort_on_slurm_equals_local_run(cluster, tmp_path, demo_slide, demo_run):
+def test_demo_cohort_on_slurm_equals_local_run(cluster, tmp_path, demo_slide, request):
     samples = [{"sample": DEMO, "path": demo_slide}]
 
     profile = site_profile(tmp_path / "profile", cluster.partition)
@@ -121,6 +121,9 @@ def test_demo_cohort_on_slurm_equals_local_run(cluster, tmp_path, demo_slide, de
         assert found and found.group(1) in submitted, text
 
     # Same results as the workstation run: bytes, or decoded content for the cohort table.
+    # Requested here, not as an argument: the session-scoped local run would otherwise
+    # be built before the module-scoped cluster fixture gets the chance to skip.
+    demo_run = request.getfixturevalue("demo_run")
     verdicts = compare_trees(demo_run / "results", tmp_path / "slurm" / "results")
     bad = {path: v for path, v in verdicts.items() if v.startswith(("DIFFERS", "MISSING"))}
     assert not bad, bad
