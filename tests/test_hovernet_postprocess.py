@@ -116,6 +116,8 @@ def test_synthetic_scene_f1(seed, pair_share):
     f1 = f1_at_iou(truth, labels)
     print(f"seed {seed}: {truth.max()} nuclei, {labels.max()} found, F1 {f1:.4f}")
     assert f1 >= 0.99
+    two_channel = np.stack([1 - prob, prob], axis=-1)  # the np head's softmax
+    assert np.array_equal(hovernet_labels(two_channel, hv), labels)
 
 
 def test_types_by_majority_vote():

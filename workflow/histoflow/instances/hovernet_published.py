@@ -161,12 +161,14 @@ def hovernet_labels(
     """Steps 1-4: the int32 label image (0 background, instances numbered 1..n).
 
     Args:
-        np_prob: (H, W) nucleus probability (softmax of the np head, foreground channel).
+        np_prob: (H, W) nucleus probability, or the (H, W, 2) softmax of the np head
+            (the last channel is the nucleus).
         hv: (H, W, 2) horizontal (x) and vertical (y) maps of the hv head.
         params: thresholds and sizes; the published ones by default.
     """
     params = params or HoverParams()
-    fg = foreground_blobs(np.asarray(np_prob), params)
+    np_prob = np.asarray(np_prob)
+    fg = foreground_blobs(np_prob[..., -1] if np_prob.ndim == 3 else np_prob, params)
     if not fg.any():
         return np.zeros(fg.shape, np.int32)
     energy = energy_map(np.asarray(hv), fg, params.ksize)
@@ -214,7 +216,7 @@ def hovernet_instances(
     """HoVer-Net's published post-processing of one window.
 
     Args:
-        np_prob: (H, W) nucleus probability.
+        np_prob: (H, W) nucleus probability, or the (H, W, 2) np softmax.
         hv: (H, W, 2) horizontal and vertical maps.
         type_prob: optional (H, W, C) type probabilities or logits (only the per-pixel
             argmax is used), channel 0 = background.
