@@ -1,10 +1,12 @@
-# Two entry points (see README.md): `make demo` and `make test`.
+# Two entry points (see README.md): `make demo` and `make test`. While developing:
+# `make unit` (engine tests, no Snakemake runs) and `make lint`; CI (.ci/run) runs
+# `make lint test`.
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 CORES  ?= all
 
-.PHONY: env data demo test lint format clean
+.PHONY: env data demo test unit lint format clean
 
 $(BIN)/snakemake: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,19 +23,27 @@ demo: data
 	$(BIN)/snakemake --profile profiles/workstation --cores $(CORES)
 	@echo "Demo outputs in results/ (QC overlay: results/CMU-1-Small-Region/mask/overlay.png)"
 
+PY_DIRS    := workflow scripts tests benchmarks
+SMK_FILES  := Snakefile workflow/rules
+
 test: data
 	$(BIN)/python -m pytest tests -m "not slow"
 
+# Engine tests only: the end-to-end Snakemake runs are marked e2e.
+unit: data
+	$(BIN)/python -m pytest tests -m "not slow and not e2e" -q
+
+# The same checks as tests/test_style.py.
 lint: env
-	$(BIN)/ruff check workflow scripts tests benchmarks
-	$(BIN)/ruff format --check workflow scripts tests benchmarks
-	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
+	$(BIN)/snakefmt --check $(SMK_FILES)
 	$(BIN)/snakemake --lint --cores 1
 
 format: env
-	$(BIN)/ruff format workflow scripts tests benchmarks
-	$(BIN)/ruff check --fix workflow scripts tests benchmarks
-	$(BIN)/snakefmt Snakefile workflow/rules
+	$(BIN)/ruff format $(PY_DIRS)
+	$(BIN)/ruff check --fix $(PY_DIRS)
+	$(BIN)/snakefmt $(SMK_FILES)
 
 clean:
 	rm -rf results logs .snakemake

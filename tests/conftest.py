@@ -17,6 +17,16 @@ DEMO_SLIDE = REPO / "data" / "cmu_small_region.svs"
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 DEMO_SAMPLE = "demo"
 
+# Whether the running test is marked e2e; `make unit` deselects those, so a Snakemake
+# run from an unmarked test would slip into the unit suite. Outside pytest: allowed.
+_RUNNING_E2E = {"marked": True}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    # Runs before the item's fixtures, so a session fixture built for it sees its mark.
+    _RUNNING_E2E["marked"] = item.get_closest_marker("e2e") is not None
+
 
 @pytest.fixture(scope="session")
 def demo_slide() -> Path:
@@ -63,6 +73,8 @@ def run_workflow(
     Returns the completed process (stdout+stderr in .stdout); raises on failure
     when `check` is true, with the log tail in the message.
     """
+    if not _RUNNING_E2E["marked"]:
+        raise RuntimeError("run_workflow from a test without @pytest.mark.e2e (see make unit)")
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     for key, value in (config or {}).items():

@@ -1,29 +1,44 @@
-"""The repository's own style gates: ruff for Python, snakefmt for Snakemake files."""
+"""The repository's style gates: exactly the commands of `make lint` (ruff check, ruff
+format --check, snakefmt --check, snakemake --lint), each one a test."""
 
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
-BIN = Path(sys.executable).parent
-PY_DIRS = ["workflow", "scripts", "tests", "benchmarks"]
+# The venv running the tests is the one whose tools `make lint` should use.
+VENV = Path(sys.executable).parent.parent
 
 
-def run(*cmd):
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+def lint_commands() -> list[str]:
+    # -n prints the recipe; -o env takes the venv as built, so nothing reinstalls.
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "-n", "-o", "env", f"VENV={VENV}", "lint"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [line for line in proc.stdout.splitlines() if line.strip()]
 
 
-def test_ruff_check_clean():
-    proc = run(str(BIN / "ruff"), "check", *PY_DIRS)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+def command_id(command: str) -> str:
+    tool, first, *_ = shlex.split(command)
+    return f"{Path(tool).name} {first}"
 
 
-def test_ruff_format_clean():
-    proc = run(str(BIN / "ruff"), "format", "--check", *PY_DIRS)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+COMMANDS = lint_commands()
 
 
-def test_snakefmt_clean():
-    proc = run(str(BIN / "snakefmt"), "--check", "Snakefile", "workflow/rules")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+def test_make_lint_runs_every_gate():
+    tools = [command_id(c) for c in COMMANDS]
+    assert tools == ["ruff check", "ruff format", "snakefmt --check", "snakemake --lint"]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=command_id)
+def test_lint_gate_clean(command):
+    proc = subprocess.run(shlex.split(command), cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
