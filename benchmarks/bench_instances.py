@@ -14,6 +14,7 @@ Goals (issue 5): de-dup <= 15 % of the stage, peak RSS <= 2 GB on 16k x 16k.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -21,11 +22,13 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
 
 HEADS = {"nucleus": "probability", "energy": "energy"}
-# Peak RSS per pixel of a whole-map pass (48 B/px measured at 4k): skip what cannot fit.
+# Peak RSS per pixel of a whole-map pass, rounded up; sizes that cannot fit are skipped.
 BYTES_PER_PX_WHOLE = 50
 
 
@@ -45,8 +48,6 @@ class PeakRSS:
     """Peak of the summed RSS of this process and its children, sampled."""
 
     def __init__(self, interval: float = 0.1):
-        import psutil
-
         self.proc = psutil.Process()
         self.peak = 0
         self.interval = interval
@@ -56,10 +57,9 @@ class PeakRSS:
     def _sample(self) -> int:
         total = self.proc.memory_info().rss
         for child in self.proc.children(recursive=True):
-            try:
+            # A worker may exit between listing and reading.
+            with contextlib.suppress(psutil.Error):
                 total += child.memory_info().rss
-            except Exception:  # a worker may exit between listing and reading
-                pass
         return total
 
     def _run(self):

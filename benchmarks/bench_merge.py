@@ -40,7 +40,7 @@ def smooth_values(heads: dict[str, int], patch: tuple[int, int]):
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     base = np.exp(-(((yy - h / 2) / (h / 3)) ** 2 + ((xx - w / 2) / (w / 3)) ** 2))
 
-    def values(boxes, grid):
+    def values(boxes, grid):  # noqa: ARG001 - the ValuesFn signature of write_synthetic_raw
         scale = ((grid[:, 0] * 0.37 + grid[:, 1] * 0.61) % 1.0).astype(np.float32)
         out = {}
         for k, (name, c) in enumerate(heads.items()):
@@ -210,10 +210,10 @@ def bench(args) -> None:
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    print_table(args, heads, rows)
+    print_table(args, rows)
 
 
-def print_table(args, heads, rows) -> None:
+def print_table(args, rows) -> None:
     print(
         f"\nmerge_patches: width {args.width}, patch {args.patch}, stride {args.stride}, "
         f"heads {args.heads}, raw float16, maps {args.compression}, threads {args.threads}, "

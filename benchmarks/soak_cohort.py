@@ -13,6 +13,7 @@ was killed for memory (exit 137 / "Killed" in the logs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import subprocess
 import sys
 import tempfile
@@ -28,10 +29,9 @@ sys.path.insert(0, str(REPO / "workflow"))
 def tree_rss(proc: psutil.Process) -> int:
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
-        try:
+        # A process may exit between listing and reading.
+        with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
-        except psutil.Error:
-            pass
     return total
 
 
