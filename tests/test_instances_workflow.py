@@ -8,6 +8,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import shapely
+import yaml
+import zarr
 from conftest import run_workflow
 from histoflow.instances import InstancesOptions, evaluate, extract
 from histoflow.slide import open_slide
@@ -55,6 +57,36 @@ def test_rule_on_a_seeded_maps_store(tmp_path, demo_slide):
     assert f"nuclei: {table.num_rows} objects" in log
     assert (tmp_path / "benchmarks" / "extract_instances" / "s1.tsv").exists()
     assert not (out / "classmap.zarr").exists()  # no semantic task in this card
+
+
+def test_semantic_card_declares_the_class_map(tmp_path, demo_slide):
+    shape = (300, 360)
+    maps = tmp_path / "results" / "s1" / "merge" / "maps.zarr"
+    regions = sm.make_objects([(150, 120, 90, 60, 0.3, 1), (150, 280, 60, 50, 0.0, 2)])
+    heads = {"tissue": "semantic"}
+    classes = ("Background", "Tumour", "Stroma")
+    params = {"ignore_classes": ["Background"], "min_area_um2": 10.0}
+    card = sm.card("semantic", heads, classes, params, task="tissue", patch_output=(64, 64))
+    sm.write_maps(maps, regions, shape, card, heads, scale=0.5 / 0.4990, slide_mpp=0.4990)
+    # The workflow's card is the one the store was made with, so the rule knows at
+    # parse time that this stage writes a class map.
+    (tmp_path / "card.yaml").write_text(yaml.safe_dump(card))
+    proc = run_workflow(
+        tmp_path,
+        samples=[{"sample": "s1", "path": demo_slide}],
+        config={"model": {"card": str(tmp_path / "card.yaml")}, "stages": ["instances"]},
+        args=["--allowed-rules", "extract_instances", "--summary"],
+    )
+    assert "results/s1/instances/classmap.zarr" in proc.stdout
+    run_workflow(
+        tmp_path,
+        samples=[{"sample": "s1", "path": demo_slide}],
+        config={"model": {"card": str(tmp_path / "card.yaml")}, "stages": ["instances"]},
+        args=["--allowed-rules", "extract_instances"],
+    )
+    classmap = zarr.open_array(tmp_path / "results" / "s1" / "instances" / "classmap.zarr")
+    assert classmap.shape == shape
+    assert set(np.unique(classmap[:])) <= {0, 1, 2}
 
 
 @pytest.fixture(scope="module")

@@ -4,16 +4,12 @@ from histoflow.instances.resources import estimate_mem_mb
 
 # classmap.zarr exists only for a model card with a semantic task (CONTRACTS.md), so
 # it is declared only then.
-INSTANCES_CLASSMAP = (
-    {"classmap": directory(sample_path("classmap_zarr"))}
-    if card_has_semantic_task()
-    else {}
-)
+INSTANCES_CLASSMAP = [sample_path("classmap_zarr")] if card_has_semantic_task() else []
 
 STAGE_TARGETS["instances"] = [
     sample_path("instances_parquet"),
     sample_path("instances_overlay_png"),
-    *INSTANCES_CLASSMAP.values(),
+    *INSTANCES_CLASSMAP,
 ]
 
 
@@ -22,7 +18,7 @@ rule extract_instances:
         maps=sample_path("maps_zarr"),
         slide=get_slide,
     output:
-        **INSTANCES_CLASSMAP,
+        **{"classmap": directory(path) for path in INSTANCES_CLASSMAP},
         table=sample_path("instances_parquet"),
         overlay=report(
             sample_path("instances_overlay_png"),
