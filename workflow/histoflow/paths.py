@@ -13,6 +13,9 @@ from pathlib import Path
 
 # Sample ID reserved for the cohort-level outputs (samples.schema.yaml rejects it).
 COHORT = "cohort"
+# Folders of the job logs and of Snakemake's benchmark files, beside results/.
+LOGS = "logs"
+BENCHMARKS = "benchmarks"
 
 # Files of one sample, relative to results/<sample>/.
 LAYOUT = {
@@ -121,11 +124,11 @@ class CohortPaths:
         return self.root / "summary.html"
 
 
-def log_path(rule: str, sample: str, logs: str = "logs") -> Path:
+def log_path(rule: str, sample: str, logs: str = LOGS) -> Path:
     """The log file of one job: logs/<rule>/<sample>.log."""
     return Path(logs) / rule / f"{sample}.log"
 
 
-def benchmark_path(rule: str, sample: str, benchmarks: str = "benchmarks") -> Path:
+def benchmark_path(rule: str, sample: str, benchmarks: str = BENCHMARKS) -> Path:
     """The Snakemake benchmark file of one job: benchmarks/<rule>/<sample>.tsv."""
     return Path(benchmarks) / rule / f"{sample}.tsv"
