@@ -4,8 +4,9 @@ import _common
 
 
 def main():
+    from histoflow.io.mask_files import write_mask_files
     from histoflow.slide import open_slide
-    from histoflow.tissue import MaskOptions, compute_tissue_mask, write_outputs
+    from histoflow.tissue import MaskOptions, compute_tissue_mask
 
     sm = snakemake  # noqa: F821 - injected by Snakemake
     opts = MaskOptions.from_config(dict(sm.params.options))
@@ -14,7 +15,7 @@ def main():
     user_mask = sm.params.user_mask or None
     with open_slide(sm.params.slide, sample=sm.wildcards.sample, mpp=sm.params.mpp) as slide:
         result = compute_tissue_mask(slide, opts, user_mask=user_mask)
-    write_outputs(result, sm.output.mask, sm.output.thumbnail, sm.output.overlay, sm.output.meta)
+    write_mask_files(result, sm.output.mask, sm.output.thumbnail, sm.output.overlay, sm.output.meta)
 
 
 _common.run(snakemake, main)  # noqa: F821

@@ -4,10 +4,10 @@ import _common
 
 
 def main():
-    from histoflow.merge.stitch import MergeOptions, merge_patches
+    from histoflow.merge import MergeOptions, run
 
     sm = snakemake  # noqa: F821 - injected by Snakemake
-    merge_patches(
+    run(
         sm.input.raw,
         sm.output.maps,
         MergeOptions.from_config(dict(sm.params.options)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -12,6 +13,7 @@ import pytest
 import tifffile
 import zarr
 from histoflow.export import ExportError, dense, ometiff
+from histoflow.io.maps_zarr import MapsZarrError
 
 H, W = 300, 420
 
@@ -43,8 +45,8 @@ def band_limited(monkeypatch):
 
     def guarded(path):
         m = real_open(path)
-        m.arrays = {k: Guard(a, m.band_rows) for k, a in m.arrays.items()}
-        return m
+        limit = dense.tile_rows(m)
+        return dataclasses.replace(m, arrays={k: Guard(a, limit) for k, a in m.arrays.items()})
 
     monkeypatch.setattr(dense, "open_maps", guarded)
     monkeypatch.setattr(ometiff, "open_maps", guarded)
@@ -124,7 +126,7 @@ def test_missing_attribute_names_the_file(tmp_path, maps):
     bad = fx.make_maps(tmp_path / "bad.zarr", 16, 16, band_rows=8)
     g = zarr.open_group(str(bad), mode="r+")
     del g.attrs["scale"]
-    with pytest.raises(ExportError, match=r"bad\.zarr.*scale"):
+    with pytest.raises(MapsZarrError, match=r"bad\.zarr.*attributes missing: scale"):
         dense.export_zarr(bad, tmp_path / "x.zarr")
     assert not (tmp_path / "x.zarr").exists()
 

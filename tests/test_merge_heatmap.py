@@ -15,6 +15,9 @@ def test_heatmap_blends_only_covered_pixels(tmp_path):
         {
             "shape": [h, w],
             "mpp": 0.5,
+            "scale": 1.0,
+            "slide_mpp": 0.5,
+            "model": {"name": "toy"},
             "heads": [{"name": "p", "channels": 1, "activation": "sigmoid"}],
         }
     )

@@ -5,8 +5,9 @@ import errno
 import tempfile
 
 import pytest
+from histoflow import merge
+from histoflow.merge import MergeOptions
 from histoflow.merge.memory import SpillCache, SpillError
-from histoflow.merge.stitch import MergeOptions, merge_patches
 from histoflow.synthetic.raw import write_synthetic_raw
 
 
@@ -33,5 +34,7 @@ def test_forced_spill_into_unusable_dir_leaves_no_maps(tmp_path):
     blocker.write_text("x")
     out = tmp_path / "maps.zarr"
     with pytest.raises(SpillError):
-        merge_patches(str(raw), str(out), MergeOptions(memory_percent=0), tmpdir=str(blocker))
+        merge.run(
+            str(raw), str(out), MergeOptions.from_config({"memory_percent": 0}), tmpdir=str(blocker)
+        )
     assert not out.exists()

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from histoflow.merge.raw import RawPatches, RawStoreError
-from histoflow.merge.stitch import MergeOptions, merge_patches
+from histoflow import merge
+from histoflow.io.raw_zarr import RawZarrError, open_raw
+from histoflow.merge import MergeOptions
 from histoflow.synthetic.raw import write_synthetic_raw
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,7 +23,7 @@ FORCE_SPILL = dict(memory_percent=0.0)
 
 def naive_merge(raw_path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Full-slide float64 canvas: sum every patch, count every patch, divide."""
-    raw = RawPatches(raw_path)
+    raw = open_raw(raw_path)
     height, width = raw.shape
     sums = {n: np.zeros((height, width, c)) for n, c in raw.channels.items()}
     count = np.zeros((height, width), np.int64)
@@ -115,13 +116,15 @@ def make_raw(path: Path, g: dict) -> Path:
 def test_merge_equals_naive_with_and_without_spilling(tmp_path_factory, g):
     tmp = tmp_path_factory.mktemp("prop")
     raw = make_raw(tmp / "raw.zarr", g)
-    common = dict(
-        band_rows=g["band_rows"], read_batch=g["read_batch"], spill_block_cols=g["spill_block_cols"]
-    )
-    merge_patches(raw, tmp / "mem.zarr", MergeOptions(**NO_SPILL, **common))
+    band_rows = {"band_rows": g["band_rows"]}
+    tuning = dict(read_batch=g["read_batch"], spill_block_cols=g["spill_block_cols"])
+    merge.run(raw, tmp / "mem.zarr", MergeOptions.from_config({**NO_SPILL, **band_rows}, **tuning))
     # threads=2 adds raw prefetch and a background writer; neither may change a value.
-    stats = merge_patches(
-        raw, tmp / "disk.zarr", MergeOptions(**FORCE_SPILL, **common), threads=g["threads"]
+    stats = merge.run(
+        raw,
+        tmp / "disk.zarr",
+        MergeOptions.from_config({**FORCE_SPILL, **band_rows}, **tuning),
+        threads=g["threads"],
     )
     in_memory, spilled = read_maps(tmp / "mem.zarr"), read_maps(tmp / "disk.zarr")
     assert_matches_naive(raw, in_memory)
@@ -135,7 +138,7 @@ def test_merge_equals_naive_with_and_without_spilling(tmp_path_factory, g):
 def test_single_patch_larger_than_slide(tmp_path):
     raw = write_synthetic_raw(tmp_path / "raw.zarr", (5, 7), (8, 8), (8, 8), {"p": 2}, seed=3)
     assert raw["boxes"].shape == (1, 4)
-    merge_patches(tmp_path / "raw.zarr", tmp_path / "maps.zarr")
+    merge.run(tmp_path / "raw.zarr", tmp_path / "maps.zarr")
     maps = read_maps(tmp_path / "maps.zarr")
     patch = raw["heads/p"][0, :5, :7].astype(np.float32)
     np.testing.assert_array_equal(maps["p"], patch)
@@ -148,7 +151,7 @@ def test_no_tissue_zero_patches(tmp_path, caplog):
         tmp_path / "raw.zarr", (30, 40), (10, 10), (10, 10), {"a": 1, "b": 3}, keep=keep
     )
     with caplog.at_level(logging.WARNING, logger="histoflow.merge"):
-        stats = merge_patches(tmp_path / "raw.zarr", tmp_path / "maps.zarr")
+        stats = merge.run(tmp_path / "raw.zarr", tmp_path / "maps.zarr")
     assert "no patches" in caplog.text
     assert stats.bands == 0 and stats.patches == 0
     maps = read_maps(tmp_path / "maps.zarr")
@@ -165,7 +168,7 @@ def test_coverage_zero_distinguishes_no_patch_from_probability_zero(tmp_path):
     write_synthetic_raw(
         tmp_path / "raw.zarr", (8, 8), (4, 4), (4, 4), {"p": 1}, keep=keep, values=zeros
     )
-    merge_patches(tmp_path / "raw.zarr", tmp_path / "maps.zarr")
+    merge.run(tmp_path / "raw.zarr", tmp_path / "maps.zarr")
     maps = read_maps(tmp_path / "maps.zarr")
     assert not maps["p"].any()
     assert (maps["coverage"][:4, :4] == 1).all()
@@ -182,7 +185,7 @@ def test_band_is_only_as_wide_as_the_rows_span_and_as_tall_as_a_patch(tmp_path):
         tmp_path / "raw.zarr", (rows * stride + 4, cols * stride + 4), (h, h), (stride, stride),
         {"a": 2}, keep=keep,
     )  # fmt: skip
-    stats = merge_patches(tmp_path / "raw.zarr", tmp_path / "maps.zarr")
+    stats = merge.run(tmp_path / "raw.zarr", tmp_path / "maps.zarr")
     narrow = 2 * stride + h  # three patches side by side
     widths = [c.width for c in stats.canvases]
     assert max(c.height for c in stats.canvases) == h
@@ -197,7 +200,9 @@ def test_fully_masked_grid_rows_leave_zero_coverage_gap(tmp_path):
     keep = np.ones((5, 3), bool)
     keep[2] = False
     write_synthetic_raw(tmp_path / "raw.zarr", (40, 24), (8, 8), (8, 8), {"a": 1}, keep=keep)
-    merge_patches(tmp_path / "raw.zarr", tmp_path / "maps.zarr", MergeOptions(band_rows=5))
+    merge.run(
+        tmp_path / "raw.zarr", tmp_path / "maps.zarr", MergeOptions.from_config({"band_rows": 5})
+    )
     maps = read_maps(tmp_path / "maps.zarr")
     assert not maps["coverage"][16:24].any()
     assert (maps["coverage"][:16] == 1).all() and (maps["coverage"][24:] == 1).all()
@@ -206,7 +211,9 @@ def test_fully_masked_grid_rows_leave_zero_coverage_gap(tmp_path):
 
 def test_output_layout_and_attributes(tmp_path):
     src = write_synthetic_raw(tmp_path / "raw.zarr", (50, 70), (16, 16), (12, 12), {"a": 1, "b": 3})
-    merge_patches(tmp_path / "raw.zarr", tmp_path / "maps.zarr", MergeOptions(band_rows=20))
+    merge.run(
+        tmp_path / "raw.zarr", tmp_path / "maps.zarr", MergeOptions.from_config({"band_rows": 20})
+    )
     group = zarr.open_group(tmp_path / "maps.zarr", mode="r")
     assert sorted(k for k, _ in group.arrays()) == ["a", "b", "coverage"]
     assert group["a"].shape == (50, 70, 1) and group["a"].chunks == (20, 70, 1)
@@ -220,7 +227,7 @@ def test_output_layout_and_attributes(tmp_path):
 
 def test_default_band_rows_is_the_vertical_stride(tmp_path):
     write_synthetic_raw(tmp_path / "raw.zarr", (50, 70), (16, 16), (12, 10), {"a": 1})
-    stats = merge_patches(tmp_path / "raw.zarr", tmp_path / "maps.zarr")
+    stats = merge.run(tmp_path / "raw.zarr", tmp_path / "maps.zarr")
     assert stats.band_rows == 12
     assert zarr.open_group(tmp_path / "maps.zarr", mode="r")["a"].chunks == (12, 70, 1)
 
@@ -228,11 +235,11 @@ def test_default_band_rows_is_the_vertical_stride(tmp_path):
 @pytest.mark.parametrize("compression", ["zstd", "none"])
 def test_compression_and_writer_thread_do_not_change_values(tmp_path, compression):
     write_synthetic_raw(tmp_path / "raw.zarr", (45, 33), (12, 12), (9, 9), {"a": 2}, seed=5)
-    merge_patches(tmp_path / "raw.zarr", tmp_path / "ref.zarr")
-    merge_patches(
+    merge.run(tmp_path / "raw.zarr", tmp_path / "ref.zarr")
+    merge.run(
         tmp_path / "raw.zarr",
         tmp_path / "alt.zarr",
-        MergeOptions(compression=compression, band_rows=7),
+        MergeOptions.from_config({"compression": compression, "band_rows": 7}),
         threads=2,
     )
     ref, alt = read_maps(tmp_path / "ref.zarr"), read_maps(tmp_path / "alt.zarr")
@@ -244,7 +251,7 @@ def test_rerun_gives_identical_bytes(tmp_path):
     write_synthetic_raw(tmp_path / "raw.zarr", (45, 33), (12, 12), (9, 9), {"a": 2, "b": 1})
     # Threads (prefetch, background writer, Blosc's own) must not change a byte either.
     for out, threads in (("one.zarr", 1), ("two.zarr", 2)):
-        merge_patches(tmp_path / "raw.zarr", tmp_path / out, threads=threads)
+        merge.run(tmp_path / "raw.zarr", tmp_path / out, threads=threads)
 
     def files(root):
         return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
@@ -259,10 +266,10 @@ def test_spill_is_logged_and_cache_removed(tmp_path, caplog):
     spill_tmp = tmp_path / "jobtmp"
     spill_tmp.mkdir()
     with caplog.at_level(logging.INFO, logger="histoflow.merge"):
-        stats = merge_patches(
+        stats = merge.run(
             tmp_path / "raw.zarr",
             tmp_path / "maps.zarr",
-            MergeOptions(memory_percent=100, memory_cap_mb=1),
+            MergeOptions.from_config({"memory_percent": 100, "memory_cap_mb": 1}),
             tmpdir=str(spill_tmp),
         )
     assert stats.spilled_bands == stats.bands > 0
@@ -289,10 +296,10 @@ def test_failure_removes_cache_and_leaves_no_output(tmp_path, monkeypatch):
 
     monkeypatch.setattr(canvas.ZarrStorage, "add", failing_add)
     with pytest.raises(OSError, match="simulated"):
-        merge_patches(
+        merge.run(
             tmp_path / "raw.zarr",
             tmp_path / "maps.zarr",
-            MergeOptions(**FORCE_SPILL),
+            MergeOptions.from_config(FORCE_SPILL),
             tmpdir=str(spill_tmp),
             threads=2,
         )
@@ -306,8 +313,8 @@ def test_grid_not_row_major_is_rejected_with_file_name(tmp_path):
     group = write_synthetic_raw(tmp_path / "raw.zarr", (20, 20), (8, 8), (8, 8), {"a": 1})
     grid = group["grid"][...]
     group["grid"][...] = grid[::-1]
-    with pytest.raises(RawStoreError, match=r"raw\.zarr.*row-major"):
-        merge_patches(tmp_path / "raw.zarr", tmp_path / "maps.zarr")
+    with pytest.raises(RawZarrError, match=r"raw\.zarr.*row-major"):
+        merge.run(tmp_path / "raw.zarr", tmp_path / "maps.zarr")
 
 
 def test_box_size_must_match_head_arrays(tmp_path):
@@ -315,8 +322,8 @@ def test_box_size_must_match_head_arrays(tmp_path):
     boxes = group["boxes"][...]
     boxes[1, 2] += 1
     group["boxes"][...] = boxes
-    with pytest.raises(RawStoreError, match="box 1"):
-        merge_patches(tmp_path / "raw.zarr", tmp_path / "maps.zarr")
+    with pytest.raises(RawZarrError, match="box 1"):
+        merge.run(tmp_path / "raw.zarr", tmp_path / "maps.zarr")
 
 
 def test_coverage_overflow_is_refused(tmp_path):
@@ -324,10 +331,10 @@ def test_coverage_overflow_is_refused(tmp_path):
     keep = np.zeros((45, 45), bool)
     keep[0, 0] = True
     write_synthetic_raw(tmp_path / "raw.zarr", (300, 300), (256, 256), (1, 1), {"a": 1}, keep=keep)
-    with pytest.raises(RawStoreError, match="uint16"):
-        merge_patches(tmp_path / "raw.zarr", tmp_path / "maps.zarr")
+    with pytest.raises(RawZarrError, match="uint16"):
+        merge.run(tmp_path / "raw.zarr", tmp_path / "maps.zarr")
 
 
 def test_missing_store_names_the_file(tmp_path):
-    with pytest.raises(RawStoreError, match="nope.zarr"):
-        merge_patches(tmp_path / "nope.zarr", tmp_path / "maps.zarr")
+    with pytest.raises(RawZarrError, match="nope.zarr"):
+        merge.run(tmp_path / "nope.zarr", tmp_path / "maps.zarr")

@@ -8,11 +8,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from histoflow.errors import ConfigError
-from histoflow.merge import memory, resources
+from histoflow.io.maps_zarr import MapsZarrError, MapsZarrWriter, read_maps_attrs
+from histoflow.io.raw_zarr import RawZarrError, read_raw_attrs
+from histoflow.merge import MergeOptions, memory, resources
 from histoflow.merge.canvas import Canvas, MemoryStorage, Region, ZarrStorage
 from histoflow.merge.memory import MB, MemoryPolicy, SpillCache
-from histoflow.merge.stitch import MergeOptions
-from histoflow.merge.writer import MapWriter
 
 
 class FakeProcess:
@@ -91,13 +91,29 @@ def test_threads_from_band_size():
 
 
 def test_raw_attrs_reads_zarr_json_or_none(tmp_path):
-    assert resources.raw_attrs(tmp_path / "missing.zarr") is None
+    assert read_raw_attrs(tmp_path / "missing.zarr") is None
     store = tmp_path / "raw.zarr"
     store.mkdir()
     attrs = _attrs(100, 100)
     (store / "zarr.json").write_text(json.dumps({"node_type": "group", "attributes": attrs}))
-    assert resources.raw_attrs(store) == attrs
+    assert read_raw_attrs(store) == attrs
     assert resources.merge_mem_mb(None) == resources.FALLBACK_MEM_MB
+
+
+@pytest.mark.parametrize(
+    ("read", "error"), [(read_raw_attrs, RawZarrError), (read_maps_attrs, MapsZarrError)]
+)
+def test_attrs_of_a_broken_store_are_an_error_naming_the_file(tmp_path, read, error):
+    store = tmp_path / "broken.zarr"
+    store.mkdir()
+    with pytest.raises(error, match=r"broken\.zarr/zarr\.json"):
+        read(store)  # no metadata at all
+    (store / "zarr.json").write_text("{not json")
+    with pytest.raises(error, match=r"broken\.zarr/zarr\.json.*not readable"):
+        read(store)
+    (store / "zarr.json").write_text(json.dumps({"node_type": "array", "attributes": {}}))
+    with pytest.raises(error, match=r"broken\.zarr/zarr\.json.*not the metadata of a Zarr group"):
+        read(store)
 
 
 def test_region_geometry():
@@ -139,7 +155,7 @@ def test_canvas_take_rows_and_extent(tmp_path, spilled):
 
 
 def test_writer_refuses_rows_out_of_order(tmp_path):
-    writer = MapWriter(tmp_path / "m.zarr", (10, 4), {"a": 1}, band_rows=3, attrs={})
+    writer = MapsZarrWriter(tmp_path / "m.zarr", (10, 4), {"a": 1}, band_rows=3, attrs={})
     list(writer.segments(Region(6, 8, 0, 4)))
     with pytest.raises(RuntimeError, match="out of order"):
         list(writer.segments(Region(0, 2, 0, 4)))
@@ -148,7 +164,7 @@ def test_writer_refuses_rows_out_of_order(tmp_path):
 
 def test_writer_rejects_head_named_coverage(tmp_path):
     with pytest.raises(ValueError, match="coverage"):
-        MapWriter(tmp_path / "m.zarr", (10, 4), {"coverage": 1}, band_rows=3, attrs={})
+        MapsZarrWriter(tmp_path / "m.zarr", (10, 4), {"coverage": 1}, band_rows=3, attrs={})
 
 
 def test_options_from_config_names_bad_fields():

@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 from histoflow.errors import SlideError
+from histoflow.io.mask_files import read_mask, write_mask_files
 from histoflow.slide import open_slide
 from histoflow.synthetic.tissue import tissue_blocks
 from histoflow.synthetic.writers import write_png, write_pyramidal_tiff
-from histoflow.tissue import MaskOptions, compute_tissue_mask, read_mask, write_outputs
+from histoflow.tissue import MaskOptions, compute_tissue_mask
 from PIL import Image
 
 MPP = 0.5
@@ -66,7 +67,7 @@ def test_real_slide_mask(demo_slide, tmp_path):
     # Thick epithelium in the centre is tissue.
     assert mask[h // 2 - 2 : h // 2 + 3, w // 2 - 2 : w // 2 + 3].all()
     out = {n: tmp_path / n for n in ("mask.png", "thumb.png", "overlay.png", "mask.json")}
-    write_outputs(result, *out.values())
+    write_mask_files(result, *out.values())
     back, meta = read_mask(out["mask.png"], out["mask.json"])
     assert np.array_equal(back, mask)
     assert meta["slide_dimensions"] == [2220, 2967] and meta["mpp_source"] == "file"
@@ -114,7 +115,7 @@ def test_mask_json_is_deterministic(tmp_path, demo_slide):
         with open_slide(demo_slide, sample="cmu") as slide:
             result = compute_tissue_mask(slide, MaskOptions.from_config())
         files = [d / n for n in ("m.png", "t.png", "o.png", "m.json")]
-        write_outputs(result, *files)
+        write_mask_files(result, *files)
         paths.append(files)
     for a, b in zip(*paths):
         assert a.read_bytes() == b.read_bytes()

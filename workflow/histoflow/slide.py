@@ -50,21 +50,38 @@ class Slide:
     ):
         self.path = Path(path)
         self.sample = sample
-        if not self.path.exists():
-            raise SlideError("slide file not found", sample, str(path))
-        if self.path.is_dir() and self.path.suffix.lower() not in (".mrxs",):
-            raise SlideError("slide path is a directory, not a file", sample, str(path))
-        if self.path.is_file() and self.path.stat().st_size == 0:
-            raise SlideError("slide file is empty (0 bytes)", sample, str(path))
+        self._given = str(path)  # errors name the path as the sheet gave it
+        self._check_path()
         self.format = openslide.OpenSlide.detect_format(str(self.path)) or "image"
         self.warnings: list[str] = []
+        self._osr = self._open()
+        if self.format == "image" and self.path.suffix.lower() in SLIDE_SUFFIXES:
+            kind = getattr(self._osr, "_image", None)
+            kind = getattr(kind, "format", None) or "plain"
+            self.warnings.append(
+                f"content is a {kind} image, not a {self.path.suffix} slide; read as a plain image"
+            )
+        self.mpp, self.mpp_source = self._resolve_mpp(mpp)
+
+    def _error(self, message: str) -> SlideError:
+        return SlideError(message, self.sample, self._given)
+
+    def _check_path(self) -> None:
+        if not self.path.exists():
+            raise self._error("slide file not found")
+        if self.path.is_dir() and self.path.suffix.lower() not in (".mrxs",):
+            raise self._error("slide path is a directory, not a file")
+        if self.path.is_file() and self.path.stat().st_size == 0:
+            raise self._error("slide file is empty (0 bytes)")
+
+    def _open(self):
         try:
             if self.format == "image":
-                self._osr = openslide.ImageSlide(str(self.path))
+                osr = openslide.ImageSlide(str(self.path))
             else:
-                self._osr = openslide.OpenSlide(str(self.path))
+                osr = openslide.OpenSlide(str(self.path))
             # Touch the first pixel: truncated files often open but fail on read.
-            self._osr.read_region((0, 0), 0, (1, 1))
+            osr.read_region((0, 0), 0, (1, 1))
         except (openslide.OpenSlideError, OSError, ValueError) as exc:
             if self.format == "image" and self.path.suffix.lower() in SLIDE_SUFFIXES:
                 what = (
@@ -73,28 +90,22 @@ class Slide:
                 )
             else:
                 what = f"cannot read as a {self.format} slide or image"
-            raise SlideError(f"{what} ({type(exc).__name__}: {exc})", sample, str(path)) from exc
-        if self.format == "image" and self.path.suffix.lower() in SLIDE_SUFFIXES:
-            kind = getattr(self._osr, "_image", None)
-            kind = getattr(kind, "format", None) or "plain"
-            self.warnings.append(
-                f"content is a {kind} image, not a {self.path.suffix} slide; read as a plain image"
-            )
-        file_mpp = _mpp_from_properties(self._osr.properties)
+            raise self._error(f"{what} ({type(exc).__name__}: {exc})") from exc
+        return osr
+
+    def _resolve_mpp(self, mpp: float | None) -> tuple[float, str]:
         if mpp is not None:
             if not (mpp > 0 and math.isfinite(mpp)):
-                raise SlideError(f"sheet field 'mpp' must be > 0, got {mpp}", sample, str(path))
-            self.mpp, self.mpp_source = float(mpp), "sheet"
-        elif file_mpp is not None:
-            self.mpp, self.mpp_source = file_mpp, "file"
-        else:
-            note = f" ({self.warnings[0]})" if self.warnings else ""
-            raise SlideError(
-                "no resolution metadata (microns per pixel) in the file; "
-                f"set the 'mpp' column for this sample in the sample sheet{note}",
-                sample,
-                str(path),
-            )
+                raise self._error(f"sheet field 'mpp' must be > 0, got {mpp}")
+            return float(mpp), "sheet"
+        file_mpp = _mpp_from_properties(self._osr.properties)
+        if file_mpp is not None:
+            return file_mpp, "file"
+        note = f" ({self.warnings[0]})" if self.warnings else ""
+        raise self._error(
+            "no resolution metadata (microns per pixel) in the file; "
+            f"set the 'mpp' column for this sample in the sample sheet{note}"
+        )
 
     # -- geometry ---------------------------------------------------------------------
     @property
@@ -104,18 +115,22 @@ class Slide:
 
     @property
     def level_count(self) -> int:
+        """Number of pyramid levels."""
         return self._osr.level_count
 
     @property
     def level_dimensions(self) -> list[tuple[int, int]]:
+        """(width, height) of each level."""
         return [tuple(d) for d in self._osr.level_dimensions]
 
     @property
     def level_downsamples(self) -> list[float]:
+        """Level-0 pixels per pixel of each level."""
         return [float(d) for d in self._osr.level_downsamples]
 
     @property
     def properties(self) -> dict[str, str]:
+        """The file's metadata (OpenSlide properties)."""
         return dict(self._osr.properties)
 
     def size_at(self, mpp: float) -> tuple[int, int]:
@@ -182,7 +197,7 @@ class Slide:
         )
         size = (tx1 - tx0, ty1 - ty0)
         if size == window.size and all(
-            abs(b - r) < 1e-6 for b, r in zip(box, (0, 0, *window.size))
+            abs(b - r) < 1e-6 for b, r in zip(box, (0, 0, *window.size), strict=True)
         ):
             part = window
         else:
@@ -197,6 +212,7 @@ class Slide:
         return self.read_region(0, 0, w, h, mpp)
 
     def close(self) -> None:
+        """Release the file."""
         self._osr.close()
 
     def __enter__(self) -> Slide:

@@ -6,7 +6,6 @@ resolution, so the same config means the same physical filtering at any mpp.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -18,7 +17,6 @@ from skimage import color, filters, morphology, segmentation
 
 from histoflow.config import schema_defaults
 from histoflow.errors import SlideError
-from histoflow.io.atomic import atomic_output
 from histoflow.slide import Slide
 
 log = logging.getLogger(__name__)
@@ -44,11 +42,14 @@ class MaskOptions:
 
     @classmethod
     def from_config(cls, options: dict | None = None) -> MaskOptions:
+        """The schema's defaults overridden by the given `mask` section."""
         return cls(**{**schema_defaults("mask"), **(options or {})})
 
 
 @dataclass
 class TissueMask:
+    """The mask stage's result; `histoflow.io.mask_files` writes it."""
+
     mask: np.ndarray  # bool (h, w) at thumbnail_mpp
     thumbnail: np.ndarray  # uint8 RGB (h, w, 3)
     overlay: np.ndarray  # uint8 RGB QC picture, finer than the thumbnail
@@ -80,12 +81,12 @@ def otsu_tissue(rgb: np.ndarray, mpp: float, opts: MaskOptions) -> tuple[np.ndar
     else:
         threshold = max(float(filters.threshold_otsu(chan)), opts.min_threshold)
     mask = chan > threshold
-    radius = int(round(opts.closing_um / mpp))
+    radius = round(opts.closing_um / mpp)
     if radius > 0 and mask.any():
         mask = morphology.closing(mask, morphology.disk(radius))
     px_area = mpp * mpp
-    min_obj = int(math.ceil(opts.min_tissue_um2 / px_area))
-    max_hole = int(math.ceil(opts.max_hole_um2 / px_area))
+    min_obj = math.ceil(opts.min_tissue_um2 / px_area)
+    max_hole = math.ceil(opts.max_hole_um2 / px_area)
     if min_obj > 0:
         mask = morphology.remove_small_objects(mask, max_size=min_obj)
     if max_hole > 0:
@@ -122,6 +123,7 @@ def load_user_mask(path: str | Path, shape: tuple[int, int], slide: Slide) -> np
 def compute_tissue_mask(
     slide: Slide, opts: MaskOptions, user_mask: str | Path | None = None
 ) -> TissueMask:
+    """Tissue mask of `slide` (Otsu, or the user's mask resized) with its metadata."""
     thumb = slide.thumbnail(opts.thumbnail_mpp)
     h, w = thumb.shape[:2]
     if user_mask:
@@ -185,27 +187,3 @@ def overlay(thumbnail: np.ndarray, mask: np.ndarray, width: int = 2) -> np.ndarr
     out[~mask] = (out[~mask] * 0.75).astype(np.uint8)
     out[edges] = OUTLINE_RGB
     return out
-
-
-def _save_png(array: np.ndarray, path: Path) -> None:
-    with atomic_output(path) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
-
-
-def write_outputs(
-    result: TissueMask, mask_png: Path, thumb_png: Path, overlay_png: Path, meta_json: Path
-) -> None:
-    _save_png(result.mask.astype(np.uint8) * 255, Path(mask_png))
-    _save_png(result.thumbnail, Path(thumb_png))
-    _save_png(result.overlay, Path(overlay_png))
-    # JSON last: its presence means the other three are complete.
-    with atomic_output(meta_json) as tmp:
-        tmp.write_text(json.dumps(result.meta, indent=2, sort_keys=True) + "\n")
-
-
-def read_mask(mask_png: str | Path, meta_json: str | Path) -> tuple[np.ndarray, dict]:
-    """Load a mask written by `write_outputs`: (bool mask, metadata)."""
-    meta = json.loads(Path(meta_json).read_text())
-    with Image.open(mask_png) as img:
-        mask = np.asarray(img.convert("L")) > 0
-    return mask, meta

@@ -11,76 +11,26 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from histoflow.export import ExportError
 from histoflow.io.atomic import atomic_output
+from histoflow.io.maps_zarr import MapsZarr, open_maps
 
 log = logging.getLogger(__name__)
 
 TILE = 256
-REQUIRED_ATTRS = ("scale", "mpp", "slide_mpp", "heads", "shape")
 
 
-@dataclass
-class Maps:
-    """An opened maps.zarr: its arrays by name (heads first, then coverage) and attributes."""
-
-    path: Path
-    arrays: dict
-    attrs: dict
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(int(s) for s in self.attrs["shape"])
-
-    @property
-    def band_rows(self) -> int:
-        """Rows per read: whole source chunks, rounded up to whole output tiles."""
-        src = max(int(a.chunks[0]) for a in self.arrays.values())
-        return max(TILE, -(-src // TILE) * TILE)
-
-    def bands(self, name: str, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        arr = self.arrays[name]
-        rows = rows or self.band_rows
-        for y0 in range(0, arr.shape[0], rows):
-            yield y0, arr[y0 : y0 + rows]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in self.arrays.values())
+def tile_rows(maps: MapsZarr) -> int:
+    """Rows per read: whole source chunks, rounded up to whole output tiles."""
+    return max(TILE, -(-maps.band_rows // TILE) * TILE)
 
 
-def open_maps(path: str | Path) -> Maps:
-    import zarr
-
-    path = Path(path)
-    try:
-        group = zarr.open_group(store=str(path), mode="r")
-    except (FileNotFoundError, ValueError) as exc:
-        raise ExportError(f"file '{path}': not a readable maps store ({exc})") from exc
-    attrs = dict(group.attrs)
-    missing = [k for k in REQUIRED_ATTRS if k not in attrs]
-    if missing:
-        raise ExportError(f"file '{path}': attribute(s) {', '.join(missing)} missing")
-    names = [h["name"] for h in attrs["heads"]] + ["coverage"]
-    arrays = {}
-    for name in names:
-        if name not in group:
-            raise ExportError(f"file '{path}': array '{name}' missing")
-        arrays[name] = group[name]
-    height, width = (int(s) for s in attrs["shape"])
-    for name, arr in arrays.items():
-        if tuple(arr.shape[:2]) != (height, width):
-            raise ExportError(
-                f"file '{path}': array '{name}' has shape {arr.shape}, attribute shape "
-                f"is {attrs['shape']}"
-            )
-    return Maps(path=path, arrays=arrays, attrs=attrs)
+def _bands(maps: MapsZarr, name: str):
+    return maps.bands(name, rows=tile_rows(maps))
 
 
 def _chunks(arr) -> tuple[int, ...]:
@@ -99,7 +49,7 @@ def export_zarr(maps_path: str | Path, out_path: str | Path) -> None:
             dst = group.create_array(
                 name, shape=src.shape, chunks=_chunks(src), dtype=src.dtype, fill_value=0
             )
-            for y0, block in maps.bands(name):
+            for y0, block in _bands(maps, name):
                 dst[y0 : y0 + block.shape[0]] = block
         with warnings.catch_warnings():
             # Zarr warns that consolidated metadata is not yet in the v3 spec; readers
@@ -131,7 +81,7 @@ def export_hdf5(maps_path: str | Path, out_path: str | Path) -> None:
                 fillvalue=0,
                 track_times=False,
             )
-            for y0, block in maps.bands(name):
+            for y0, block in _bands(maps, name):
                 dst[y0 : y0 + block.shape[0]] = block
 
 
@@ -152,7 +102,7 @@ def export_npz(maps_path: str | Path, out_path: str | Path, max_mb: float) -> No
         )
     with atomic_output(out_path) as tmp, NpzFile(tmp) as npz:
         for name, src in maps.arrays.items():
-            npz.add_streamed(name, src.shape, src.dtype, (b for _, b in maps.bands(name)))
+            npz.add_streamed(name, src.shape, src.dtype, (b for _, b in _bands(maps, name)))
         npz.add("attrs", np.array(json.dumps(_sorted(maps.attrs), sort_keys=True)))
 
 

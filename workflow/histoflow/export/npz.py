@@ -30,6 +30,7 @@ class NpzFile:
         return self._zip.open(info, "w", force_zip64=True)
 
     def add(self, name: str, array) -> None:
+        """Write `array` whole as the member `name`."""
         array = np.asarray(array)
         if array.dtype.hasobject:
             raise TypeError(f"npz member '{name}': object arrays would need pickle")
@@ -55,6 +56,7 @@ class NpzFile:
             raise ValueError(f"npz member '{name}': wrote {written} bytes, expected {expected}")
 
     def close(self) -> None:
+        """Finish the zip file."""
         self._zip.close()
 
     def __enter__(self) -> NpzFile:

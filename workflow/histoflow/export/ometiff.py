@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from histoflow.export import ExportError
-from histoflow.export.dense import open_maps
+from histoflow.export.dense import tile_rows
 from histoflow.export.instances import parse_color
 from histoflow.io.atomic import atomic_output
+from histoflow.io.maps_zarr import open_maps
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ HEATMAP_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "histoflow:heatmap")
 
 @dataclass(frozen=True)
 class Channel:
+    """One image channel: a head's channel, its display name and colour (if any)."""
+
     head: str
     index: int
     name: str
@@ -128,32 +131,10 @@ def _ome_color(rgb: tuple[int, int, int]) -> int:
     return value - (1 << 32) if value >= 1 << 31 else value
 
 
-def export_ometiff(
-    maps_path: str | Path,
-    out_path: str | Path,
-    sample: str,
-    heads: list[str] | None = None,
-    tile: int = 256,
-    dtype: str = "uint8",
-    compression: str = "zlib",
-    threads: int = 1,
-    tmpdir: str | Path | None = None,
-) -> list[Channel]:
-    import tifffile
-
-    if tile % 16:
-        raise ExportError(f"config field 'export.heatmap.tile': {tile} is not a multiple of 16")
-    maps = open_maps(maps_path)
-    attrs = maps.attrs
-    channels = heatmap_channels(attrs, heads, dtype)
-    height, width = maps.shape
-    shapes = level_shapes(height, width, tile)
-    band = -(-maps.band_rows // tile) * tile  # whole tiles, so pooling stays aligned
+def ome_metadata(sample: str, attrs: dict, channels: list[Channel], dtype: str) -> dict:
+    """tifffile's OME metadata: physical pixel size, channel names (and colours), and
+    the map's scale and slide resolution in a MapAnnotation."""
     mpp = float(attrs["mpp"])
-    itemsize = np.dtype(dtype).itemsize
-    bigtiff = len(channels) * height * width * itemsize * 4 / 3 > 2**31
-    compression = None if compression == "none" else compression
-
     metadata = {
         "axes": "CYX",
         "UUID": f"urn:uuid:{uuid.uuid5(HEATMAP_NAMESPACE, sample)}",
@@ -173,7 +154,100 @@ def export_ometiff(
     }
     if all(c.color for c in channels):
         metadata["Channel"]["Color"] = [_ome_color(c.color) for c in channels]
+    return metadata
 
+
+class _Pyramid:
+    """The tiles of every level in TIFF order; each level's pixels spill to .npy
+    memmaps under `spill_dir`, from which the next level is pooled."""
+
+    def __init__(self, maps, channels, shapes, tile: int, dtype: str, spill_dir: Path):
+        self.maps = maps
+        self.channels = channels
+        self.shapes = shapes
+        self.tile = tile
+        self.dtype = dtype
+        self.band = -(-tile_rows(maps) // tile) * tile  # whole tiles: pooling stays aligned
+        self.spills: dict[int, list[np.ndarray]] = {
+            level: [
+                np.lib.format.open_memmap(
+                    spill_dir / f"level{level}-c{i}.npy", mode="w+", dtype=dtype, shape=shape
+                )
+                for i in range(len(channels))
+            ]
+            for level, shape in enumerate(shapes)
+            if level
+        }
+
+    def _level0_bands(self, i: int, pool: bool):
+        ch = self.channels[i]
+        for y0, block in self.maps.bands(ch.head, rows=self.band):
+            values = np.asarray(block[..., ch.index], dtype=np.float32)
+            # level 1 pools the map values, not the rounded pixels
+            pooled = encode(pool2(values), self.dtype) if pool else None
+            yield y0, encode(values, self.dtype), pooled
+
+    def _spilled_bands(self, level: int, i: int, pool: bool):
+        spill = self.spills[level][i]
+        for y0 in range(0, spill.shape[0], self.band):
+            pixels = np.asarray(spill[y0 : y0 + self.band])
+            yield y0, pixels, downsample(pixels) if pool else None
+
+    def source_bands(self, level: int, i: int, pool: bool):
+        """(y0, pixels of the band, its next-level pixels if `pool`)."""
+        if level == 0:
+            return self._level0_bands(i, pool)
+        return self._spilled_bands(level, i, pool)
+
+    def _band_tiles(self, q: np.ndarray, width: int):
+        tile = self.tile
+        for ty in range(0, q.shape[0], tile):
+            for tx in range(0, width, tile):
+                t = q[ty : ty + tile, tx : tx + tile]
+                if t.shape != (tile, tile):
+                    t = np.pad(t, ((0, tile - t.shape[0]), (0, tile - t.shape[1])))
+                yield t
+
+    def tiles(self, level: int):
+        """Every tile of `level`, channel by channel, filling the next level's spill."""
+        width = self.shapes[level][1]
+        nxt = self.spills.get(level + 1)
+        for i in range(len(self.channels)):
+            for y0, q, pooled in self.source_bands(level, i, pool=nxt is not None):
+                if pooled is not None:
+                    nxt[i][y0 // 2 : y0 // 2 + pooled.shape[0]] = pooled
+                yield from self._band_tiles(q, width)
+            if nxt is not None:
+                nxt[i].flush()
+
+    def close(self) -> None:
+        """Release the memmaps (before their directory goes)."""
+        self.spills.clear()
+
+
+def export_ometiff(
+    maps_path: str | Path,
+    out_path: str | Path,
+    sample: str,
+    heads: list[str] | None = None,
+    tile: int = 256,
+    dtype: str = "uint8",
+    compression: str = "zlib",
+    threads: int = 1,
+    tmpdir: str | Path | None = None,
+) -> list[Channel]:
+    """Write the heatmap of `heads` (default every probability head) as OME-TIFF."""
+    import tifffile
+
+    if tile % 16:
+        raise ExportError(f"config field 'export.heatmap.tile': {tile} is not a multiple of 16")
+    maps = open_maps(maps_path)
+    channels = heatmap_channels(maps.attrs, heads, dtype)
+    height, width = maps.shape
+    shapes = level_shapes(height, width, tile)
+    mpp = maps.mpp
+    bigtiff = len(channels) * height * width * np.dtype(dtype).itemsize * 4 / 3 > 2**31
+    metadata = ome_metadata(sample, maps.attrs, channels, dtype)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with (
@@ -181,57 +255,16 @@ def export_ometiff(
         atomic_output(out_path) as tmp,
         tifffile.TiffWriter(tmp, bigtiff=bigtiff, ome=True) as tif,
     ):
-        spills: dict[int, list[np.ndarray]] = {}
-        for level in range(1, len(shapes)):
-            spills[level] = [
-                np.lib.format.open_memmap(
-                    Path(td) / f"level{level}-c{i}.npy",
-                    mode="w+",
-                    dtype=dtype,
-                    shape=shapes[level],
-                )
-                for i in range(len(channels))
-            ]
-
-        def source_bands(level: int, i: int, pool: bool):
-            """(y0, pixels of the band, its next-level pixels if `pool`)."""
-            if level == 0:
-                ch = channels[i]
-                for y0, block in maps.bands(ch.head, rows=band):
-                    values = np.asarray(block[..., ch.index], dtype=np.float32)
-                    # level 1 pools the map values, not the rounded pixels
-                    yield y0, encode(values, dtype), encode(pool2(values), dtype) if pool else None
-            else:
-                spill = spills[level][i]
-                for y0 in range(0, spill.shape[0], band):
-                    pixels = np.asarray(spill[y0 : y0 + band])
-                    yield y0, pixels, downsample(pixels) if pool else None
-
-        def tiles(level: int):
-            w = shapes[level][1]
-            nxt = spills.get(level + 1)
-            for i in range(len(channels)):
-                for y0, q, pooled in source_bands(level, i, pool=nxt is not None):
-                    if pooled is not None:
-                        nxt[i][y0 // 2 : y0 // 2 + pooled.shape[0]] = pooled
-                    for ty in range(0, q.shape[0], tile):
-                        for tx in range(0, w, tile):
-                            t = q[ty : ty + tile, tx : tx + tile]
-                            if t.shape != (tile, tile):
-                                t = np.pad(t, ((0, tile - t.shape[0]), (0, tile - t.shape[1])))
-                            yield t
-                if nxt is not None:
-                    nxt[i].flush()
-
+        pyramid = _Pyramid(maps, channels, shapes, tile, dtype, Path(td))
         for level, (h, w) in enumerate(shapes):
             px = mpp * 2**level
             tif.write(
-                tiles(level),
+                pyramid.tiles(level),
                 shape=(len(channels), h, w),
                 dtype=dtype,
                 tile=(tile, tile),
                 photometric="minisblack",
-                compression=compression,
+                compression=None if compression == "none" else compression,
                 resolution=(1e4 / px, 1e4 / px),
                 resolutionunit="CENTIMETER",
                 subifds=len(shapes) - 1 if level == 0 else None,
@@ -239,7 +272,7 @@ def export_ometiff(
                 metadata=metadata if level == 0 else None,
                 maxworkers=max(1, threads),
             )
-        spills.clear()  # release the memmaps before their directory goes
+        pyramid.close()
     log.info(
         "%s: heatmap %dx%d, %d channel(s), %d level(s)",
         sample,

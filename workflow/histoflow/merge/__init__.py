@@ -1,14 +1,26 @@
-"""merge_patches engine: raw per-patch outputs -> slide-scale maps, one band of rows at a time.
+"""merge_patches: raw per-patch outputs -> slide-scale maps, one band of rows at a time.
 
-Modules, one concern each:
-
-- `raw`: reading and validating `infer/raw.zarr` (boxes, grid, heads, attributes)
-- `canvas`: band accumulators (sum per head + coverage count) in memory or on disk
-- `memory`: the spill policy (psutil threshold, optional absolute cap)
-- `writer`: `merge/maps.zarr`, written one chunk of whole rows at a time
-- `stitch`: the row-band merge that ties them together (`merge_patches`)
-- `resources`: threads and mem_mb for the rule, from the raw store's attributes
-- `synthetic`: a raw.zarr generator for tests and benchmarks
-
-Nothing is imported here, so the Snakefile can import `resources` without zarr.
+Modules, one concern each: `options` (the config section), `canvas` (band
+accumulators: sum per head + coverage count, in memory or on disk), `memory` (the
+spill policy: psutil threshold, optional absolute cap), `stitch` (the row-band merge),
+`stage` (`run`: raw.zarr in, maps.zarr out), `heatmap` (the report picture) and
+`resources` (threads and mem_mb for the rule). The stores themselves are
+`histoflow.io.raw_zarr` and `histoflow.io.maps_zarr`.
 """
+
+__all__ = ["MergeOptions", "MergeStats", "run"]
+
+_HOMES = {
+    "MergeOptions": "histoflow.merge.options",
+    "MergeStats": "histoflow.merge.stitch",
+    "run": "histoflow.merge.stage",
+}
+
+
+def __getattr__(name):
+    # Lazy, so that the rule files can import `resources` without the merge machinery.
+    if name in _HOMES:
+        import importlib
+
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(name)

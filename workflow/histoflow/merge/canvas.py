@@ -29,17 +29,21 @@ class Region:
 
     @property
     def height(self) -> int:
+        """Rows in the region (0 when empty)."""
         return max(0, self.y1 - self.y0)
 
     @property
     def width(self) -> int:
+        """Columns in the region (0 when empty)."""
         return max(0, self.x1 - self.x0)
 
     @property
     def empty(self) -> bool:
+        """Whether the region has no pixel."""
         return self.height == 0 or self.width == 0
 
     def contains(self, other: Region) -> bool:
+        """Whether `other` lies inside this region."""
         return (
             self.y0 <= other.y0
             and other.y1 <= self.y1
@@ -48,6 +52,7 @@ class Region:
         )
 
     def union(self, other: Region) -> Region:
+        """The smallest region holding both."""
         return Region(
             min(self.y0, other.y0),
             max(self.y1, other.y1),
@@ -56,9 +61,11 @@ class Region:
         )
 
     def rows(self, y0: int, y1: int) -> Region:
+        """This region's rows [y0, y1), all its columns."""
         return Region(max(self.y0, y0), min(self.y1, y1), self.x0, self.x1)
 
     def intersect(self, other: Region) -> Region:
+        """The overlap of the two regions (possibly empty)."""
         return Region(
             max(self.y0, other.y0),
             min(self.y1, other.y1),
@@ -68,6 +75,7 @@ class Region:
 
 
 def bounding(regions: list[Region]) -> Region:
+    """The smallest region holding all `regions` (empty for none)."""
     if not regions:
         return Region(0, 0, 0, 0)
     return Region(
@@ -79,6 +87,7 @@ def bounding(regions: list[Region]) -> Region:
 
 
 def canvas_nbytes(region: Region, channels: dict[str, int]) -> int:
+    """Bytes of a canvas over `region`: float32 sums per channel plus a uint16 count."""
     per_pixel = 4 * sum(channels.values()) + 2
     return region.height * region.width * per_pixel
 
@@ -92,15 +101,19 @@ class MemoryStorage:
         self.arrays = {name: np.zeros(shape, dtype) for name, (shape, dtype) in shapes.items()}
 
     def block_shape(self, height: int, width: int) -> tuple[int, int]:
+        """Rows and columns of one read-modify-write block over a region this size."""
         return height, width
 
     def read(self, name: str, sl: tuple[slice, slice]) -> np.ndarray:
+        """The values of array `name` at `sl`."""
         return self.arrays[name][sl]
 
     def add(self, name: str, sl: tuple[slice, slice], values) -> None:
+        """Add `values` to array `name` at `sl`, in place."""
         self.arrays[name][sl] += values
 
     def close(self) -> None:
+        """Drop the arrays."""
         self.arrays = {}
 
 
@@ -133,19 +146,23 @@ class ZarrStorage:
                 config={"write_empty_chunks": True},  # skip zarr's slow emptiness scan
             )
 
-    def block_shape(self, height: int, width: int) -> tuple[int, int]:
+    def block_shape(self, height: int, width: int) -> tuple[int, int]:  # noqa: ARG002 - the storage interface
+        """Rows and columns of one read-modify-write block over a region this size."""
         return height, self.block_cols
 
     def read(self, name: str, sl: tuple[slice, slice]) -> np.ndarray:
+        """The values of array `name` at `sl`."""
         return self.arrays[name][sl]
 
     def add(self, name: str, sl: tuple[slice, slice], values) -> None:
+        """Add `values` to array `name` at `sl`, in place."""
         arr = self.arrays[name]
         block = arr[sl]
         block += values  # same in-place op, same dtype as MemoryStorage.add
         arr[sl] = block
 
     def close(self) -> None:
+        """Drop the arrays and remove their directory."""
         self.arrays = {}
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -176,6 +193,7 @@ class Canvas:
 
     @property
     def spilled(self) -> bool:
+        """Whether the canvas lives on disk."""
         return self.storage.spilled
 
     def _local(self, r: Region) -> tuple[slice, slice]:
@@ -232,4 +250,5 @@ class Canvas:
             self.boxes = [b for b in self.boxes if b.y1 > done.y1]
 
     def close(self) -> None:
+        """Release the storage."""
         self.storage.close()

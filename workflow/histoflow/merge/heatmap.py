@@ -15,6 +15,7 @@ import zarr
 from PIL import Image
 
 from histoflow.io.atomic import atomic_output
+from histoflow.io.maps_zarr import COVERAGE, MapsZarr, open_maps
 from histoflow.slide import open_slide
 
 # A perceptually ordered ramp (dark blue -> yellow), 5 stops of viridis.
@@ -31,13 +32,13 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return (RAMP[lo] * (1 - frac) + RAMP[lo + 1] * frac).astype(np.uint8)
 
 
-def pick_head(maps: zarr.Group) -> tuple[str, int]:
+def pick_head(maps: MapsZarr) -> tuple[str, int]:
     """The first probability head and the channel to show."""
-    for head in maps.attrs["heads"]:
+    for head in maps.heads:
         if head.get("activation") in ("sigmoid", "softmax"):
             channel = head["channels"] - 1 if head["activation"] == "softmax" else 0
             return head["name"], channel
-    head = maps.attrs["heads"][0]
+    head = maps.heads[0]
     return head["name"], 0
 
 
@@ -61,15 +62,16 @@ def render_heatmap(
     max_side: int = 1024,
     alpha: float = 0.55,
 ) -> Path:
-    maps = zarr.open_group(str(maps_path), mode="r")
+    """Write `out_png`: the maps' first probability channel blended over the slide."""
+    maps = open_maps(maps_path)
     head, channel = pick_head(maps)
-    h, w = maps.attrs["shape"]
+    h, w = maps.shape
     step = max(1, math.ceil(max(h, w) / max_side))
-    band = max(step, (maps[head].chunks[0] // step) * step)
-    values = strided(maps[head], step, band, channel)
-    covered = strided(maps["coverage"], step, band) > 0
+    band = max(step, (maps.array(head).chunks[0] // step) * step)
+    values = strided(maps.array(head), step, band, channel)
+    covered = strided(maps.array(COVERAGE), step, band) > 0
     with open_slide(slide_path, mpp=mpp_override) as slide:
-        thumb = slide.read_region(0, 0, values.shape[1], values.shape[0], maps.attrs["mpp"] * step)
+        thumb = slide.read_region(0, 0, values.shape[1], values.shape[0], maps.mpp * step)
     heat = colormap(values.astype(np.float32))
     out = thumb.astype(np.float32)
     out[covered] = (1 - alpha) * out[covered] + alpha * heat[covered]

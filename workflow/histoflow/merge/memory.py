@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SpillDecision:
+    """Whether to spill, and why (for the log)."""
+
     spill: bool
     reason: str
 
@@ -43,6 +45,7 @@ class MemoryPolicy:
         self.spilling = False
 
     def describe(self) -> str:
+        """The limit and how it was derived, for the log."""
         cap = "none" if self.cap_mb is None else f"{self.cap_mb:.0f} MB"
         return (
             f"limit {self.limit / MB:.0f} MB = min({self.percent:g}% of "
@@ -77,6 +80,7 @@ class SpillCache:
         self._n = 0
 
     def new_dir(self) -> Path:
+        """A fresh path for one spilled canvas (the cache is made on first use)."""
         if self.root is None:
             try:
                 self.root = Path(tempfile.mkdtemp(prefix="histoflow-merge-", dir=self.tmpdir))
@@ -92,6 +96,7 @@ class SpillCache:
         return self.root / f"canvas-{self._n:06d}.zarr"
 
     def cleanup(self) -> None:
+        """Remove the cache and everything in it."""
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
             log.info("spill cache removed: %s", self.root)

@@ -1,29 +1,22 @@
 """threads and mem_mb for the merge_patches rule, from raw.zarr's attributes.
 
-Reads `raw.zarr/zarr.json` with the json module (no zarr import), so the Snakefile
-can call it cheaply. Snakemake re-evaluates resources once the input exists; before
-that (dry run), a fallback is reported.
+Reads only raw.zarr's attributes (`histoflow.io.raw_zarr.read_raw_attrs`), so the
+rule files can call it cheaply. Snakemake re-evaluates resources once the input exists;
+before that (dry run), a fallback is reported.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
-MB = 1024 * 1024
+from histoflow.io.raw_zarr import read_raw_attrs
+from histoflow.merge.memory import MB
+from histoflow.merge.options import READ_BATCH
+
 BASE_MB = 300  # interpreter, numpy, zarr, codecs
 FALLBACK_MEM_MB = 2000
 FALLBACK_THREADS = 1
-READ_BATCH = 64  # MergeOptions.read_batch
 BACKGROUND_WRITE_BYTES = 8 * MB  # below this, a writer thread costs more than it saves
-
-
-def raw_attrs(raw_path: str | Path) -> dict | None:
-    meta = Path(raw_path) / "zarr.json"
-    if not meta.is_file():
-        return None
-    return json.loads(meta.read_text()).get("attributes", {})
 
 
 def band_bytes(attrs: dict, band_rows: int | None = None) -> dict[str, int]:
@@ -43,37 +36,41 @@ def band_bytes(attrs: dict, band_rows: int | None = None) -> dict[str, int]:
 
 
 def merge_threads(attrs: dict | None, band_rows: int | None = None) -> int:
+    """2 when an output chunk is large enough to be worth a writer thread, else 1."""
     if attrs is None:
         return FALLBACK_THREADS
     return 2 if band_bytes(attrs, band_rows)["chunk"] >= BACKGROUND_WRITE_BYTES else 1
 
 
 def merge_mem_mb(attrs: dict | None, band_rows: int | None = None) -> int:
+    """mem_mb of the merge: its working set (see `band_bytes`) plus the interpreter."""
     if attrs is None:
         return FALLBACK_MEM_MB
     parts = band_bytes(attrs, band_rows)
     writers = merge_threads(attrs, band_rows)
     # chunk: buffers (1 or 2) + the codec's encoded copy per writer
     total = parts["canvases"] + parts["read"] + parts["chunk"] * (2 * writers)
-    return int(math.ceil(BASE_MB + 1.25 * total / MB))
+    return math.ceil(BASE_MB + 1.25 * total / MB)
 
 
 # Callables for the rule's `threads:` and `resources: mem_mb=` (Snakemake passes the
 # job's input; rule files keep no function definitions).
 def rule_threads(options: dict):
+    """The rule's `threads:` callable for the `merge` config section `options`."""
     band_rows = options.get("band_rows")
 
-    def merge_threads_of_job(wildcards, input):
-        return merge_threads(raw_attrs(input.raw), band_rows)
+    def merge_threads_of_job(wildcards, input):  # noqa: ARG001 - Snakemake passes by name
+        return merge_threads(read_raw_attrs(input.raw), band_rows)
 
     return merge_threads_of_job
 
 
 def rule_mem_mb(options: dict):
+    """The rule's `resources: mem_mb=` callable for the `merge` config section `options`."""
     band_rows = options.get("band_rows")
 
-    def merge_mem_mb_of_job(wildcards, input, attempt):
+    def merge_mem_mb_of_job(wildcards, input, attempt):  # noqa: ARG001 - Snakemake passes by name
         # More on a retry: a job killed for memory gets another 100% per attempt.
-        return merge_mem_mb(raw_attrs(input.raw), band_rows) * attempt
+        return merge_mem_mb(read_raw_attrs(input.raw), band_rows) * attempt
 
     return merge_mem_mb_of_job

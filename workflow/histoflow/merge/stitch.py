@@ -11,58 +11,26 @@ from __future__ import annotations
 import logging
 import math
 import sys
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import zarr
 from tqdm import tqdm
 
-from histoflow.errors import ConfigError
-from histoflow.io.atomic import atomic_output
+from histoflow.io.maps_zarr import COVERAGE, MapsZarrWriter
+from histoflow.io.raw_zarr import BatchReader, PatchRow, RawZarr, RawZarrError
 from histoflow.merge.canvas import Canvas, MemoryStorage, Region, ZarrStorage, canvas_nbytes
-from histoflow.merge.memory import MB, MemoryPolicy, SpillCache
-from histoflow.merge.raw import BatchReader, RawPatches, RawStoreError
-from histoflow.merge.writer import COMPRESSIONS, COVERAGE, MapWriter, blosc_threads
+from histoflow.merge.memory import MemoryPolicy, SpillCache
+from histoflow.merge.options import MergeOptions
 
 log = logging.getLogger(__name__)
 
 MAX_COVERAGE = np.iinfo(np.uint16).max
 
 
-@dataclass(frozen=True)
-class MergeOptions:
-    """The `merge:` config section (see workflow/schemas/config.schema.yaml)."""
-
-    memory_percent: float = 50.0
-    memory_cap_mb: float | None = None
-    band_rows: int | None = None
-    compression: str = "blosc-lz4"
-    read_batch: int = 64
-    spill_block_cols: int = 2048
-
-    @classmethod
-    def from_config(cls, cfg: dict) -> MergeOptions:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ConfigError(f"config field 'merge.{unknown[0]}': unknown key")
-        opts = cls(**cfg)
-        if opts.compression not in COMPRESSIONS:
-            raise ConfigError(
-                f"config field 'merge.compression': '{opts.compression}' is not one of "
-                f"{', '.join(COMPRESSIONS)}"
-            )
-        if not 0 <= opts.memory_percent <= 100:
-            raise ConfigError("config field 'merge.memory_percent': must be within 0-100")
-        if opts.band_rows is not None and opts.band_rows < 1:
-            raise ConfigError("config field 'merge.band_rows': must be at least 1")
-        return opts
-
-
 @dataclass
 class MergeStats:
+    """What one merge did: patches, bands (spilled or not), largest band, chunks, time."""
+
     patches: int = 0
     bands: int = 0
     spilled_bands: int = 0
@@ -83,23 +51,24 @@ def default_band_rows(attrs: dict, patch_shape: tuple[int, int]) -> int:
     return max(1, int(patch_shape[0]) or 256)
 
 
-def check_coverage_fits(raw: RawPatches) -> None:
+def check_coverage_fits(raw: RawZarr) -> None:
+    """Refuse a grid whose patches overlap one pixel more often than uint16 counts."""
     stride = raw.attrs.get("stride")
     h, w = raw.patch_shape
     if not stride or not len(raw):
         return
     sy, sx = (int(v) for v in stride)
     if sy <= 0 or sx <= 0:
-        raise RawStoreError(f"file '{raw.path}': attribute 'stride' must be positive")
+        raise RawZarrError(f"file '{raw.path}': attribute 'stride' must be positive")
     worst = math.ceil(h / sy) * math.ceil(w / sx)
     if worst > MAX_COVERAGE:
-        raise RawStoreError(
+        raise RawZarrError(
             f"file '{raw.path}': up to {worst} patches overlap one pixel (patch {h}x{w}, "
             f"stride {sy}x{sx}); coverage is uint16, at most {MAX_COVERAGE}"
         )
 
 
-def _row_tops(raw: RawPatches, boxes: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def _row_tops(raw: RawZarr, boxes: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """For each grid row, the first slide row that it or any later grid row touches:
     rows above it are final before that grid row is merged."""
     height = raw.shape[0]
@@ -111,8 +80,28 @@ def _row_tops(raw: RawPatches, boxes: np.ndarray, valid: np.ndarray) -> np.ndarr
     return np.minimum.accumulate(tops[::-1])[::-1] if len(tops) else tops
 
 
-class _Merger:
-    def __init__(self, raw, reader, writer, policy, cache, options, stats):
+def _span(boxes: np.ndarray) -> Region:
+    return Region(
+        int(boxes[:, 1].min()),
+        int(boxes[:, 3].max()),
+        int(boxes[:, 0].min()),
+        int(boxes[:, 2].max()),
+    )
+
+
+class Merger:
+    """Merges the grid rows of `raw` into `writer`, one band canvas per grid row."""
+
+    def __init__(
+        self,
+        raw: RawZarr,
+        reader: BatchReader,
+        writer: MapsZarrWriter,
+        policy: MemoryPolicy,
+        cache: SpillCache,
+        options: MergeOptions,
+        stats: MergeStats,
+    ):
         self.raw = raw
         self.reader = reader
         self.writer = writer
@@ -120,31 +109,38 @@ class _Merger:
         self.cache = cache
         self.options = options
         self.stats = stats
+        self.boxes = raw.clipped_boxes()
+        self.valid = (self.boxes[:, 0] < self.boxes[:, 2]) & (self.boxes[:, 1] < self.boxes[:, 3])
+        # The band that still has live rows (the previous grid row's, overlap included).
+        self.carry: Canvas | None = None
+
+    def _storage(self, region: Region):
+        decision = self.policy.decide(canvas_nbytes(region, self.raw.channels))
+        if not decision.spill:
+            return MemoryStorage
+        if not self.stats.spill_reason:
+            self.stats.spill_reason = decision.reason
+            log.warning(
+                "spilling accumulators to disk from slide row %d on: %s", region.y0, decision.reason
+            )
+        root = self.cache.new_dir()
+        chunk_cols = max(64, self.raw.patch_shape[1])
+        self.stats.spilled_bands += 1
+
+        def factory(shapes):
+            return ZarrStorage(
+                shapes, root, chunk_cols=chunk_cols, block_cols=self.options.spill_block_cols
+            )
+
+        return factory
 
     def new_canvas(self, region: Region) -> Canvas:
-        nbytes = canvas_nbytes(region, self.raw.channels)
-        decision = self.policy.decide(nbytes)
-        if decision.spill:
-            if not self.stats.spill_reason:
-                self.stats.spill_reason = decision.reason
-                log.warning(
-                    "spilling accumulators to disk from slide row %d on: %s",
-                    region.y0,
-                    decision.reason,
-                )
-            root = self.cache.new_dir()
-            h, w = self.raw.patch_shape
-
-            def factory(shapes):
-                return ZarrStorage(
-                    shapes, root, chunk_cols=max(64, w), block_cols=self.options.spill_block_cols
-                )
-
-            self.stats.spilled_bands += 1
-        else:
-            factory = MemoryStorage
+        """A band canvas over `region`, in memory or spilled as the policy decides."""
+        factory = self._storage(region)
         self.stats.bands += 1
-        self.stats.max_canvas_bytes = max(self.stats.max_canvas_bytes, nbytes)
+        self.stats.max_canvas_bytes = max(
+            self.stats.max_canvas_bytes, canvas_nbytes(region, self.raw.channels)
+        )
         self.stats.max_canvas_width = max(self.stats.max_canvas_width, region.width)
         self.stats.canvases.append(region)
         return Canvas(region, self.raw.channels, factory)
@@ -167,12 +163,10 @@ class _Merger:
                 views[COVERAGE][...] = c
 
     def run(self, progress: bool) -> None:
-        raw = self.raw
-        boxes = raw.clipped_boxes()
-        valid = (boxes[:, 0] < boxes[:, 2]) & (boxes[:, 1] < boxes[:, 3])
-        limits = _row_tops(raw, boxes, valid)
+        """Merge every grid row, then write what is left."""
+        limits = _row_tops(self.raw, self.boxes, self.valid)
         bar = tqdm(
-            total=len(raw),
+            total=len(self.raw),
             unit="patch",
             desc="merge",
             file=sys.stderr,
@@ -180,51 +174,53 @@ class _Merger:
             mininterval=5.0,
             ascii=True,
         )
-        carry: Canvas | None = None
         try:
-            for g, row in enumerate(raw.rows):
-                if carry is not None:
-                    self.flush(carry, int(limits[g]))
-                    if carry.extent().empty:
-                        carry.close()
-                        carry = None
-                keep = np.flatnonzero(valid[row.start : row.stop]) + row.start
-                if not len(keep):
-                    bar.update(row.stop - row.start)
-                    continue
-                kb = boxes[keep]
-                region = Region(
-                    int(kb[:, 1].min()),
-                    int(kb[:, 3].max()),
-                    int(kb[:, 0].min()),
-                    int(kb[:, 2].max()),
-                )
-                if carry is not None and not region.contains(carry.extent()):
-                    region = region.union(carry.extent())
-                band = self.new_canvas(region)
-                try:
-                    self.add_row(band, row, boxes, valid, bar)
-                    if carry is not None:
-                        band.add_canvas(carry)
-                except BaseException:
-                    band.close()
-                    raise
-                if carry is not None:
-                    carry.close()
-                carry = band
-            if carry is not None:
-                self.flush(carry, raw.shape[0])
+            for g, row in enumerate(self.raw.rows):
+                self._merge_row(row, int(limits[g]), bar)
+            if self.carry is not None:
+                self.flush(self.carry, self.raw.shape[0])
         finally:
-            if carry is not None:
-                carry.close()
+            if self.carry is not None:
+                self.carry.close()
             bar.close()
 
-    def add_row(self, band: Canvas, row, boxes, valid, bar) -> None:
-        raw = self.raw
+    def _drop_finished_carry(self, limit: int) -> None:
+        if self.carry is None:
+            return
+        self.flush(self.carry, limit)
+        if self.carry.extent().empty:
+            self.carry.close()
+            self.carry = None
+
+    def _merge_row(self, row: PatchRow, limit: int, bar) -> None:
+        self._drop_finished_carry(limit)
+        keep = np.flatnonzero(self.valid[row.start : row.stop]) + row.start
+        if not len(keep):
+            bar.update(row.stop - row.start)
+            return
+        region = _span(self.boxes[keep])
+        carry = self.carry
+        if carry is not None and not region.contains(carry.extent()):
+            region = region.union(carry.extent())
+        band = self.new_canvas(region)
+        try:
+            self.add_row(band, row, bar)
+            if carry is not None:
+                band.add_canvas(carry)
+        except BaseException:
+            band.close()
+            raise
+        if carry is not None:
+            carry.close()
+        self.carry = band
+
+    def add_row(self, band: Canvas, row: PatchRow, bar) -> None:
+        """Add the valid patches of grid row `row` to `band`."""
+        raw, boxes = self.raw, self.boxes
         for start, batch in self.reader.row(row):
             n = len(next(iter(batch.values())))
             for i in range(start, start + n):
-                if not valid[i]:
+                if not self.valid[i]:
                     continue
                 x0, y0, x1, y1 = (int(v) for v in boxes[i])
                 bx0, by0 = (int(v) for v in raw.boxes[i, :2])
@@ -235,84 +231,3 @@ class _Merger:
                 band.add_patch(Region(y0, y1, x0, x1), values)
                 self.stats.patches += 1
             bar.update(n)
-
-
-def merge_patches(
-    raw_path: str | Path,
-    out_path: str | Path,
-    options: MergeOptions | None = None,
-    *,
-    threads: int = 1,
-    tmpdir: str | None = None,
-    progress: bool = False,
-) -> MergeStats:
-    """Merge raw.zarr at `raw_path` into maps.zarr at `out_path` (written atomically).
-
-    `tmpdir` is where the spill cache goes (the job's temporary directory); it is
-    removed at the end, whether the merge succeeds or fails.
-    """
-    options = options or MergeOptions()
-    started = time.perf_counter()
-    raw = RawPatches(raw_path)
-    check_coverage_fits(raw)
-    band_rows = options.band_rows or default_band_rows(raw.attrs, raw.patch_shape)
-    stats = MergeStats(band_rows=band_rows)
-    policy = MemoryPolicy(options.memory_percent, options.memory_cap_mb)
-    cache = SpillCache(tmpdir)
-    height, width = raw.shape
-    log.info(
-        "merging %d patches in %d grid rows into %dx%d (H x W) maps, heads %s; band_rows %d; "
-        "memory %s",
-        len(raw),
-        len(raw.rows),
-        height,
-        width,
-        ", ".join(f"{n}[{c}]" for n, c in raw.channels.items()),
-        band_rows,
-        policy.describe(),
-    )
-    if not len(raw):
-        log.warning(
-            "no patches in %s (no tissue?): maps are 0 with coverage 0 everywhere", raw_path
-        )
-    attrs = {**raw.attrs, "band_rows": band_rows}
-    try:
-        with (
-            zarr.config.set({"threading.max_workers": max(1, int(threads))}),
-            blosc_threads(int(threads)),
-            atomic_output(out_path) as tmp,
-        ):
-            writer = MapWriter(
-                tmp,
-                raw.shape,
-                raw.channels,
-                band_rows,
-                attrs,
-                compression=options.compression,
-                background=threads >= 2,
-            )
-            # With 2+ threads, decoding the next raw batch and encoding the last output
-            # chunk overlap with the accumulation.
-            reader = BatchReader(raw, options.read_batch, prefetch=threads >= 2)
-            try:
-                _Merger(raw, reader, writer, policy, cache, options, stats).run(progress)
-                writer.close()
-            finally:
-                reader.close()
-                writer.abort()
-            stats.chunks_written = writer.chunks_written
-    finally:
-        cache.cleanup()
-    stats.seconds = time.perf_counter() - started
-    log.info(
-        "merged %d patches in %.1f s: %d bands (%d spilled), largest band %.1f MB and %d px "
-        "wide, %d output chunks written",
-        stats.patches,
-        stats.seconds,
-        stats.bands,
-        stats.spilled_bands,
-        stats.max_canvas_bytes / MB,
-        stats.max_canvas_width,
-        stats.chunks_written,
-    )
-    return stats

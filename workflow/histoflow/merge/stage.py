@@ -1,0 +1,111 @@
+"""merge_patches as one call: raw.zarr -> maps.zarr, written atomically."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import zarr
+
+from histoflow.io.atomic import atomic_output
+from histoflow.io.maps_zarr import MapsZarrWriter, blosc_threads
+from histoflow.io.raw_zarr import BatchReader, RawZarr, open_raw
+from histoflow.merge.memory import MB, MemoryPolicy, SpillCache
+from histoflow.merge.options import MergeOptions
+from histoflow.merge.stitch import Merger, MergeStats, check_coverage_fits, default_band_rows
+
+log = logging.getLogger(__name__)
+
+
+def _log_start(raw: RawZarr, band_rows: int, policy: MemoryPolicy) -> None:
+    height, width = raw.shape
+    log.info(
+        "merging %d patches in %d grid rows into %dx%d (H x W) maps, heads %s; band_rows %d; "
+        "memory %s",
+        len(raw),
+        len(raw.rows),
+        height,
+        width,
+        ", ".join(f"{n}[{c}]" for n, c in raw.channels.items()),
+        band_rows,
+        policy.describe(),
+    )
+    if not len(raw):
+        log.warning(
+            "no patches in %s (no tissue?): maps are 0 with coverage 0 everywhere", raw.path
+        )
+
+
+def _log_end(stats: MergeStats) -> None:
+    log.info(
+        "merged %d patches in %.1f s: %d bands (%d spilled), largest band %.1f MB and %d px "
+        "wide, %d output chunks written",
+        stats.patches,
+        stats.seconds,
+        stats.bands,
+        stats.spilled_bands,
+        stats.max_canvas_bytes / MB,
+        stats.max_canvas_width,
+        stats.chunks_written,
+    )
+
+
+def _merge_into(
+    tmp: Path, raw: RawZarr, options: MergeOptions, stats, policy, cache, threads, progress
+):
+    writer = MapsZarrWriter(
+        tmp,
+        raw.shape,
+        raw.channels,
+        stats.band_rows,
+        {**raw.attrs, "band_rows": stats.band_rows},
+        compression=options.compression,
+        background=threads >= 2,
+    )
+    # With 2+ threads, decoding the next raw batch and encoding the last output chunk
+    # overlap with the accumulation.
+    reader = BatchReader(raw, options.read_batch, prefetch=threads >= 2)
+    try:
+        Merger(raw, reader, writer, policy, cache, options, stats).run(progress)
+        writer.close()
+    finally:
+        reader.close()
+        writer.abort()
+    stats.chunks_written = writer.chunks_written
+
+
+def run(
+    raw_path: str | Path,
+    out_path: str | Path,
+    options: MergeOptions | None = None,
+    *,
+    threads: int = 1,
+    tmpdir: str | None = None,
+    progress: bool = False,
+) -> MergeStats:
+    """Merge raw.zarr at `raw_path` into maps.zarr at `out_path` (written atomically).
+
+    `tmpdir` is where the spill cache goes (the job's temporary directory); it is
+    removed at the end, whether the merge succeeds or fails.
+    """
+    options = options or MergeOptions.from_config()
+    started = time.perf_counter()
+    raw = open_raw(raw_path)
+    check_coverage_fits(raw)
+    stats = MergeStats(band_rows=options.band_rows or default_band_rows(raw.attrs, raw.patch_shape))
+    policy = MemoryPolicy(options.memory_percent, options.memory_cap_mb)
+    cache = SpillCache(tmpdir)
+    _log_start(raw, stats.band_rows, policy)
+    try:
+        with (
+            zarr.config.set({"threading.max_workers": max(1, int(threads))}),
+            blosc_threads(int(threads)),
+            atomic_output(out_path) as tmp,
+        ):
+            _merge_into(tmp, raw, options, stats, policy, cache, threads, progress)
+    finally:
+        cache.cleanup()
+    stats.seconds = time.perf_counter() - started
+    _log_end(stats)
+    return stats
