@@ -90,10 +90,10 @@ def child(args) -> None:
     import torch
     from histoflow.inference.runner import InferenceOptions, activate, plan_grid
     from histoflow.inference.runner import run as run_inference
+    from histoflow.io.mask_files import read_mask
     from histoflow.models.card import load_card
     from histoflow.models.loader import load_model, outputs_by_head
     from histoflow.slide import open_slide
-    from histoflow.tissue import read_mask
 
     torch.set_num_threads(args.threads)
     card = load_card(args.card)
@@ -243,9 +243,10 @@ def main() -> None:
         child(args)
         return
 
+    from histoflow.io.mask_files import write_mask_files
     from histoflow.slide import open_slide
     from histoflow.synthetic.mosaic import write_mosaic_tiff
-    from histoflow.tissue import MaskOptions, compute_tissue_mask, write_outputs
+    from histoflow.tissue import MaskOptions, compute_tissue_mask
 
     OUT.mkdir(parents=True, exist_ok=True)
     slide = OUT / f"mosaic-{args.size}.tif"
@@ -257,7 +258,7 @@ def main() -> None:
     workdir.mkdir(exist_ok=True)
     with open_slide(slide) as s:
         result = compute_tissue_mask(s, MaskOptions.from_config())
-    write_outputs(
+    write_mask_files(
         result, *(workdir / n for n in ("mask.png", "thumb.png", "overlay.png", "mask.json"))
     )
     card = small_conv_card(workdir) if args.model == "smallconv" else "builtin:hed_nuclei"

@@ -99,9 +99,12 @@ class RssPoller:
 
 
 def run_merge(args) -> None:
-    from histoflow.merge.stitch import MergeOptions, merge_patches
+    from histoflow.merge import MergeOptions
+    from histoflow.merge import run as merge_patches
 
-    opts = MergeOptions(memory_percent=args.memory_percent, compression=args.compression)
+    opts = MergeOptions.from_config(
+        {"memory_percent": args.memory_percent, "compression": args.compression}
+    )
     with RssPoller() as poller:
         t0 = time.perf_counter()
         stats = merge_patches(args.raw, args.out, opts, threads=args.threads, tmpdir=args.tmpdir)

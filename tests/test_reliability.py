@@ -13,7 +13,7 @@ import pytest
 import yaml
 import zarr
 from conftest import REPO, SNAKEMAKE, run_workflow
-from histoflow.io.raw_store import partial_path
+from histoflow.io.raw_zarr import partial_path
 
 pytestmark = pytest.mark.e2e
 
