@@ -6,7 +6,7 @@ import re
 import pytest
 import yaml
 from conftest import REPO, write_sheet
-from histoflow.config import load_sample_sheet, schema_keys, validate_config
+from histoflow.config import load_sample_sheet, schema_defaults, schema_keys, validate_config
 from histoflow.errors import ConfigError
 
 
@@ -110,3 +110,9 @@ def test_config_readme_documents_exactly_the_schema_keys():
     documented = re.findall(r"^\| `([\w.]+)` \|", text, re.M)
     assert len(documented) == len(set(documented)), "a key is documented twice"
     assert sorted(documented) == sorted(schema_keys())
+
+
+def test_schema_defaults_fill_nested_sections():
+    assert schema_defaults("mask")["thumbnail_mpp"] == 4.0
+    assert schema_defaults("export")["heatmap"] == schema_defaults("export.heatmap")
+    assert schema_defaults("export.heatmap")["tile"] == 256

@@ -37,9 +37,15 @@ def _read_schema(name: str) -> dict:
 
 
 def schema_defaults(section: str) -> dict:
-    """Default values of one config section, as the schema declares them."""
-    props = load_schema("config.schema.yaml")["properties"][section]["properties"]
-    return {key: sub["default"] for key, sub in props.items() if "default" in sub}
+    """Default values of one config section ("mask", or nested: "export.heatmap"),
+    as the schema declares them; the schema is the only place a default is written.
+
+    Nested sections come filled in too, as validate_config fills an empty config.
+    """
+    values = validate_config({})
+    for key in section.split("."):
+        values = values[key]
+    return values
 
 
 def schema_keys(name: str = "config.schema.yaml") -> dict[str, dict]:
