@@ -122,7 +122,7 @@ def test_dense_reruns_give_identical_bytes(tmp_path, maps, fmt):
     assert _same_files(run(tmp_path / f"a.{fmt}"), run(tmp_path / f"b.{fmt}"))
 
 
-def test_missing_attribute_names_the_file(tmp_path, maps):
+def test_missing_attribute_names_the_file(tmp_path):
     bad = fx.make_maps(tmp_path / "bad.zarr", 16, 16, band_rows=8)
     g = zarr.open_group(str(bad), mode="r+")
     del g.attrs["scale"]
@@ -186,8 +186,8 @@ def test_ometiff_float32_and_head_errors(tmp_path, maps):
         assert data.dtype == np.float32 and data.shape == (H, W)
         assert tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]["SizeC"] == 1
         np.testing.assert_array_equal(data, _expected()["energy"][..., 0])
-    with pytest.raises(ExportError, match="export.heatmap.heads.*'energy'.*float32"):
+    with pytest.raises(ExportError, match=r"export\.heatmap\.heads.*'energy'.*float32"):
         ometiff.export_ometiff(maps, tmp_path / "x.ome.tif", "S1", heads=["energy"])
-    with pytest.raises(ExportError, match="unknown head.*nope"):
+    with pytest.raises(ExportError, match=r"unknown head.*nope"):
         ometiff.export_ometiff(maps, tmp_path / "x.ome.tif", "S1", heads=["nope"])
     assert not (tmp_path / "x.ome.tif").exists()

@@ -19,7 +19,7 @@ def test_spill_dir_not_a_directory(tmp_path):
 
 
 def test_spill_disk_full(tmp_path, monkeypatch):
-    def full(*args, **kwargs):
+    def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(tempfile, "mkdtemp", full)

@@ -162,7 +162,7 @@ def test_no_tissue_zero_patches(tmp_path, caplog):
 def test_coverage_zero_distinguishes_no_patch_from_probability_zero(tmp_path):
     keep = np.array([[True, False], [False, False]])
 
-    def zeros(boxes, grid):
+    def zeros(boxes, _grid):
         return {"p": np.zeros((len(boxes), 4, 4, 1), np.float16)}
 
     write_synthetic_raw(
@@ -336,5 +336,5 @@ def test_coverage_overflow_is_refused(tmp_path):
 
 
 def test_missing_store_names_the_file(tmp_path):
-    with pytest.raises(RawZarrError, match="nope.zarr"):
+    with pytest.raises(RawZarrError, match=r"nope\.zarr"):
         merge.run(tmp_path / "nope.zarr", tmp_path / "maps.zarr")

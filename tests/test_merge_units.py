@@ -30,13 +30,15 @@ def ram_1000mb(monkeypatch):
     )
 
 
-def test_policy_limit_is_percent_of_available_lowered_by_cap(ram_1000mb):
+@pytest.mark.usefixtures("ram_1000mb")
+def test_policy_limit_is_percent_of_available_lowered_by_cap():
     assert MemoryPolicy(50, None, FakeProcess(0)).limit == 500 * MB
     assert MemoryPolicy(50, 200, FakeProcess(0)).limit == 200 * MB
     assert MemoryPolicy(10, 200, FakeProcess(0)).limit == 100 * MB
 
 
-def test_policy_spills_when_rss_plus_band_passes_limit_and_stays_spilled(ram_1000mb):
+@pytest.mark.usefixtures("ram_1000mb")
+def test_policy_spills_when_rss_plus_band_passes_limit_and_stays_spilled():
     proc = FakeProcess(300)
     policy = MemoryPolicy(50, None, proc)
     assert not policy.decide(150 * MB).spill
@@ -47,7 +49,8 @@ def test_policy_spills_when_rss_plus_band_passes_limit_and_stays_spilled(ram_100
     assert policy.decide(1).spill  # sticky: no flip-flopping between disk and memory
 
 
-def test_policy_percent_zero_forces_spilling(ram_1000mb):
+@pytest.mark.usefixtures("ram_1000mb")
+def test_policy_percent_zero_forces_spilling():
     assert MemoryPolicy(0, None, FakeProcess(1)).decide(0).spill
 
 
@@ -170,11 +173,11 @@ def test_writer_rejects_head_named_coverage(tmp_path):
 def test_options_from_config_names_bad_fields():
     opts = MergeOptions.from_config({"memory_percent": 30, "memory_cap_mb": None})
     assert opts.memory_percent == 30 and opts.compression == "blosc-lz4"
-    with pytest.raises(ConfigError, match="merge.bogus"):
+    with pytest.raises(ConfigError, match=r"merge\.bogus"):
         MergeOptions.from_config({"bogus": 1})
-    with pytest.raises(ConfigError, match="merge.compression"):
+    with pytest.raises(ConfigError, match=r"merge\.compression"):
         MergeOptions.from_config({"compression": "gzip"})
-    with pytest.raises(ConfigError, match="merge.band_rows"):
+    with pytest.raises(ConfigError, match=r"merge\.band_rows"):
         MergeOptions.from_config({"band_rows": 0})
 
 

@@ -44,7 +44,7 @@ def test_generated_tissue_iou(generated, channel):
 
 
 def test_physical_units_give_same_mask_at_any_resolution(generated):
-    path, truth = generated
+    path, _truth = generated
     with open_slide(path) as slide:
         coarse = compute_tissue_mask(slide, MaskOptions.from_config({"thumbnail_mpp": 8.0}))
         fine = compute_tissue_mask(slide, MaskOptions.from_config({"thumbnail_mpp": 2.0}))
@@ -103,9 +103,9 @@ def test_user_mask_overrides(tmp_path, demo_slide):
 
 def test_user_mask_with_wrong_aspect_is_rejected(tmp_path, demo_slide):
     Image.fromarray(np.ones((100, 300), np.uint8)).save(tmp_path / "wide.png")
-    with open_slide(demo_slide, sample="cmu") as slide:
-        with pytest.raises(SlideError, match=r"sample 'cmu', file '.*wide\.png': user mask aspect"):
-            compute_tissue_mask(slide, MaskOptions.from_config(), user_mask=tmp_path / "wide.png")
+    aspect = r"sample 'cmu', file '.*wide\.png': user mask aspect"
+    with open_slide(demo_slide, sample="cmu") as slide, pytest.raises(SlideError, match=aspect):
+        compute_tissue_mask(slide, MaskOptions.from_config(), user_mask=tmp_path / "wide.png")
 
 
 def test_mask_json_is_deterministic(tmp_path, demo_slide):

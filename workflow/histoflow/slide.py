@@ -8,6 +8,7 @@ resolution (µm per pixel), so no caller needs to know the pyramid.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -38,7 +39,7 @@ def _mpp_from_properties(props) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-class Slide:
+class Slide(contextlib.AbstractContextManager):
     """A slide or image opened for reading, with its resolution resolved.
 
     `mpp` comes from the sheet override when given, else from the file; a slide
@@ -214,9 +215,6 @@ class Slide:
     def close(self) -> None:
         """Release the file."""
         self._osr.close()
-
-    def __enter__(self) -> Slide:
-        return self
 
     def __exit__(self, *exc) -> None:
         self.close()

@@ -7,6 +7,7 @@ member band by band, so nothing needs the whole array in memory.
 
 from __future__ import annotations
 
+import contextlib
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
-class NpzFile:
+class NpzFile(contextlib.AbstractContextManager):
     """Write members of an `.npz` (a zip of `.npy` files) that `numpy.load` reads."""
 
     def __init__(self, path: str | Path):
@@ -58,9 +59,6 @@ class NpzFile:
     def close(self) -> None:
         """Finish the zip file."""
         self._zip.close()
-
-    def __enter__(self) -> NpzFile:
-        return self
 
     def __exit__(self, *exc) -> None:
         self.close()

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zarr
@@ -22,7 +23,9 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from histoflow.errors import HistoflowError
 from histoflow.io.zarr_attrs import read_group_attrs
-from histoflow.merge.canvas import Region
+
+if TYPE_CHECKING:
+    from histoflow.merge.canvas import Region
 
 COVERAGE = "coverage"
 COMPRESSIONS = ("blosc-lz4", "zstd", "none")

@@ -8,19 +8,8 @@ spill policy: psutil threshold, optional absolute cap), `stitch` (the row-band m
 `histoflow.io.raw_zarr` and `histoflow.io.maps_zarr`.
 """
 
+from histoflow.merge.options import MergeOptions
+from histoflow.merge.stage import run
+from histoflow.merge.stitch import MergeStats
+
 __all__ = ["MergeOptions", "MergeStats", "run"]
-
-_HOMES = {
-    "MergeOptions": "histoflow.merge.options",
-    "MergeStats": "histoflow.merge.stitch",
-    "run": "histoflow.merge.stage",
-}
-
-
-def __getattr__(name):
-    # Lazy, so that the rule files can import `resources` without the merge machinery.
-    if name in _HOMES:
-        import importlib
-
-        return getattr(importlib.import_module(_HOMES[name]), name)
-    raise AttributeError(name)

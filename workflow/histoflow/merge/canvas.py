@@ -66,12 +66,8 @@ class Region:
 
     def intersect(self, other: Region) -> Region:
         """The overlap of the two regions (possibly empty)."""
-        return Region(
-            max(self.y0, other.y0),
-            min(self.y1, other.y1),
-            max(self.x0, other.x0),
-            min(self.x1, other.x1),
-        )
+        y0, x0 = max(self.y0, other.y0), max(self.x0, other.x0)
+        return Region(y0, min(self.y1, other.y1), x0, min(self.x1, other.x1))
 
 
 def bounding(regions: list[Region]) -> Region:
