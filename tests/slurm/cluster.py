@@ -16,6 +16,7 @@ runs COMMAND against the cluster and stops it afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -133,11 +134,9 @@ class SlurmCluster:
         for sub in ("state", "spool", "dev", "log"):
             (s / sub).mkdir(parents=True, exist_ok=True)
         cpus = os.cpu_count() or 1
-        mem_mb = int(
-            int(next(x for x in open("/proc/meminfo") if x.startswith("MemTotal")).split()[1])
-            / 1024
-            * 0.85
-        )
+        meminfo = Path("/proc/meminfo").read_text().splitlines()
+        total_kb = int(next(x for x in meminfo if x.startswith("MemTotal")).split()[1])
+        mem_mb = int(total_kb / 1024 * 0.85)
         # A GPU slurmd accepts: a character device (here /dev/null's numbers).
         gpu = s / "dev" / "nvidia0"
         if not gpu.exists():
@@ -307,10 +306,9 @@ PartitionName={self.partition} Nodes={self.host} Default=YES MaxTime=INFINITE St
                 link.unlink()
         self._links.clear()
         if self._made_conf_dir:
-            try:
+            # Left in place when something else has put files there since.
+            with contextlib.suppress(OSError):
                 CONF_DIR.rmdir()
-            except OSError:
-                pass
             self._made_conf_dir = False
 
     def __enter__(self) -> SlurmCluster:
