@@ -116,7 +116,9 @@ def test_dense_reruns_give_identical_bytes(tmp_path, maps, fmt):
         elif fmt == "npz":
             dense.export_npz(maps, path, max_mb=10)
         else:
-            ometiff.export_ometiff(maps, path, "S1", tile=64)
+            ometiff.export_ometiff(
+                maps, path, "S1", ometiff.HeatmapOptions.from_config({"tile": 64})
+            )
         return path
 
     assert _same_files(run(tmp_path / f"a.{fmt}"), run(tmp_path / f"b.{fmt}"))
@@ -136,7 +138,9 @@ def test_ometiff_pyramid_tiles_and_physical_size(tmp_path, maps, band_limited):
     tile = 64
     spill = tmp_path / "spill"
     spill.mkdir()
-    channels = ometiff.export_ometiff(maps, out, "S1", tile=tile, tmpdir=spill)
+    channels = ometiff.export_ometiff(
+        maps, out, "S1", ometiff.HeatmapOptions.from_config({"tile": tile}), tmpdir=spill
+    )
     assert band_limited and max(band_limited) < H
     # default: the probability heads (sigmoid nucleus, softmax tissue), not 'energy'
     assert [(c.head, c.index) for c in channels] == [("nucleus", 0), ("tissue", 0), ("tissue", 1)]
@@ -180,14 +184,25 @@ def test_ometiff_pyramid_tiles_and_physical_size(tmp_path, maps, band_limited):
 
 def test_ometiff_float32_and_head_errors(tmp_path, maps):
     out = tmp_path / "e.ome.tif"
-    ometiff.export_ometiff(maps, out, "S1", heads=["energy"], dtype="float32", tile=128)
+    opts = {"heads": ["energy"], "dtype": "float32", "tile": 128}
+    ometiff.export_ometiff(maps, out, "S1", ometiff.HeatmapOptions.from_config(opts))
     with tifffile.TiffFile(out) as tif:
         data = tif.series[0].levels[0].asarray()  # tifffile squeezes the single channel
         assert data.dtype == np.float32 and data.shape == (H, W)
         assert tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]["SizeC"] == 1
         np.testing.assert_array_equal(data, _expected()["energy"][..., 0])
     with pytest.raises(ExportError, match=r"export\.heatmap\.heads.*'energy'.*float32"):
-        ometiff.export_ometiff(maps, tmp_path / "x.ome.tif", "S1", heads=["energy"])
+        ometiff.export_ometiff(
+            maps,
+            tmp_path / "x.ome.tif",
+            "S1",
+            ometiff.HeatmapOptions.from_config({"heads": ["energy"]}),
+        )
     with pytest.raises(ExportError, match=r"unknown head.*nope"):
-        ometiff.export_ometiff(maps, tmp_path / "x.ome.tif", "S1", heads=["nope"])
+        ometiff.export_ometiff(
+            maps,
+            tmp_path / "x.ome.tif",
+            "S1",
+            ometiff.HeatmapOptions.from_config({"heads": ["nope"]}),
+        )
     assert not (tmp_path / "x.ome.tif").exists()

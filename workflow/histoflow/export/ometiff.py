@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from histoflow.config import schema_defaults
 from histoflow.export import ExportError
 from histoflow.export.dense import tile_rows
 from histoflow.export.instances import parse_color
@@ -225,22 +226,48 @@ class _Pyramid:
         self.spills.clear()
 
 
+@dataclass(frozen=True)
+class HeatmapOptions:
+    """The config section `export.heatmap`; defaults come from the config schema."""
+
+    heads: tuple[str, ...]
+    tile: int
+    dtype: str
+    compression: str
+
+    @classmethod
+    def from_config(cls, options: dict | None = None) -> HeatmapOptions:
+        """The section's values over the schema's defaults."""
+        values = {**schema_defaults("export.heatmap"), **(options or {})}
+        opts = cls(
+            heads=tuple(values["heads"] or ()),
+            tile=int(values["tile"]),
+            dtype=values["dtype"],
+            compression=values["compression"],
+        )
+        if opts.tile % 16:
+            raise ExportError(
+                f"config field 'export.heatmap.tile': {opts.tile} is not a multiple of 16"
+            )
+        return opts
+
+
 def export_ometiff(
     maps_path: str | Path,
     out_path: str | Path,
     sample: str,
-    heads: list[str] | None = None,
-    tile: int = 256,
-    dtype: str = "uint8",
-    compression: str = "zlib",
+    options: HeatmapOptions | None = None,
+    *,
     threads: int = 1,
     tmpdir: str | Path | None = None,
 ) -> list[Channel]:
-    """Write the heatmap of `heads` (default every probability head) as OME-TIFF."""
+    """Write the heatmap of `options.heads` (none listed: every probability head) as
+    OME-TIFF."""
     import tifffile
 
-    if tile % 16:
-        raise ExportError(f"config field 'export.heatmap.tile': {tile} is not a multiple of 16")
+    options = options or HeatmapOptions.from_config()
+    tile, dtype, compression = options.tile, options.dtype, options.compression
+    heads = list(options.heads) or None
     maps = open_maps(maps_path)
     channels = heatmap_channels(maps.attrs, heads, dtype)
     height, width = maps.shape
