@@ -23,7 +23,7 @@ BACKGROUND = (255, 255, 255)
 # Extensions of whole-slide formats: a file with one of these that OpenSlide does not
 # recognise is reported as a broken slide, not as an unknown image.
 SLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm"}
-# Pillow refuses images above ~179 Mpx as a decompression-bomb guard; slides given as
+# Pillow refuses very large images as a decompression-bomb guard; slides given as
 # plain images can legitimately be that large.
 Image.MAX_IMAGE_PIXELS = None
 

@@ -166,8 +166,8 @@ def compute_tissue_mask(
 def overlay_picture(slide: Slide, mask: np.ndarray, max_side: int = OVERLAY_MAX_SIDE) -> np.ndarray:
     """QC picture: the slide at up to `max_side` px with the tissue outline in green.
 
-    Drawn finer than the mask thumbnail (which is often only ~100-200 px for small
-    slides) so a person can judge the outline against the tissue.
+    Drawn finer than the mask thumbnail (a few hundred pixels at most for a small
+    slide) so a person can judge the outline against the tissue.
     """
     w0, h0 = slide.dimensions
     mpp = max(slide.mpp, max(w0, h0) * slide.mpp / max_side)
