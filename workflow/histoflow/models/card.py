@@ -1,4 +1,4 @@
-"""Model cards: load, validate against workflow/schemas/model_card.schema.yaml, resolve files."""
+"""Model cards: load, validate against histoflow/schemas/model_card.schema.yaml, resolve files."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Tile-model cards (kind `tile`) and the modules they describe.
 
 A tile model maps a batch of RGB tiles (B, 3, h, w) to one vector per tile (B, D). The
-card (workflow/schemas/model_card.schema.yaml, shared with dense models) says what the
+card (histoflow/schemas/model_card.schema.yaml, shared with dense models) says what the
 D values are: `output.type` `classifier` with `classes`, or `embedding` (optional
 `names`); expression-predicting models list their genes in `output.genes.input` and
 `.output` (Ensembl IDs). See workflow/CONTRACTS.md.
