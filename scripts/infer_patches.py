@@ -6,9 +6,9 @@ import _common
 def main():
     import torch
     from histoflow.inference.runner import InferenceOptions, run
+    from histoflow.io.mask_files import read_mask
     from histoflow.models.card import load_dense_card
     from histoflow.models.loader import load_model
-    from histoflow.io.mask_files import read_mask
 
     sm = snakemake  # noqa: F821 - injected by Snakemake
     torch.set_num_threads(max(1, sm.threads))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import openslide
@@ -114,7 +116,7 @@ def test_rerun_gives_identical_bytes(tmp_path, demo_slide, first_run):
 
     again, _ = infer(tmp_path, demo_slide, formats=ALL)
     for fmt in ("hdf5", "npz"):
-        assert open(again[fmt], "rb").read() == open(first_run[fmt], "rb").read(), fmt
+        assert Path(again[fmt]).read_bytes() == Path(first_run[fmt]).read_bytes(), fmt
     a, b = zarr.open_group(again["zarr"], mode="r"), zarr.open_group(first_run["zarr"], mode="r")
     assert dict(a.attrs) == dict(b.attrs)
     for name in ("features", "coords", "tissue_ratio", "thumbnail", "tissue_mask"):

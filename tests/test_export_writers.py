@@ -112,16 +112,14 @@ def test_fewer_rows_than_announced_are_truncated(tmp_path, fmt):
 @pytest.mark.parametrize("fmt", list(OutputFormat))
 def test_bad_rows_raise_and_leave_no_file(tmp_path, fmt):
     path = tmp_path / f"out{fmt.suffix}"
-    with pytest.raises(ValueError, match="embedding_dim"):
-        with create_writer(fmt, path) as w:
-            w.open(2, D)
-            w.write(TileResponse(np.zeros(D), (0, 0), 1.0))
-            w.write(TileResponse(np.zeros(D + 1), (0, 0), 1.0))
-    with pytest.raises(ValueError, match="more than num_tiles"):
-        with create_writer(fmt, path) as w:
-            w.open(1, D)
-            w.write(TileResponse(np.zeros(D), (0, 0), 1.0))
-            w.write(TileResponse(np.zeros(D), (0, 0), 1.0))
+    with pytest.raises(ValueError, match="embedding_dim"), create_writer(fmt, path) as w:
+        w.open(2, D)
+        w.write(TileResponse(np.zeros(D), (0, 0), 1.0))
+        w.write(TileResponse(np.zeros(D + 1), (0, 0), 1.0))
+    with pytest.raises(ValueError, match="more than num_tiles"), create_writer(fmt, path) as w:
+        w.open(1, D)
+        w.write(TileResponse(np.zeros(D), (0, 0), 1.0))
+        w.write(TileResponse(np.zeros(D), (0, 0), 1.0))
     assert list(tmp_path.iterdir()) == []
 
 

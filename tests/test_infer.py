@@ -2,6 +2,7 @@
 built-in model on generated nuclei and on the demo cohort, and model/card error cases."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,10 +13,10 @@ from conftest import DEMO_SAMPLE, REPO, run_workflow
 from histoflow.errors import ConfigError, ModelError
 from histoflow.inference.grid import make_grid, mask_cell_fraction
 from histoflow.inference.runner import InferenceOptions, run
+from histoflow.io.mask_files import read_mask
 from histoflow.models.card import load_card
 from histoflow.models.loader import load_model
 from histoflow.synthetic.slides import make_nuclei_slide
-from histoflow.io.mask_files import read_mask
 from scipy import ndimage
 from scipy.stats import mannwhitneyu
 
@@ -59,7 +60,7 @@ def test_grid_respects_mask():
 
 @pytest.mark.parametrize("stride", [(0, 10), (300, 300)])
 def test_bad_stride_names_field(stride):
-    with pytest.raises(ConfigError, match="config field 'inference.stride'"):
+    with pytest.raises(ConfigError, match=r"config field 'inference.stride'"):
         make_grid((500, 500), (256, 256), (256, 256), stride)
 
 
@@ -138,6 +139,7 @@ def write_tiny_card(tmp_path, source: dict) -> str:
     return str(path)
 
 
+@pytest.mark.e2e
 def test_torchscript_through_rule_equals_direct_call(tmp_path, demo_slide):
     net = TinyNet().eval()
     torch.jit.script(net).save(str(tmp_path / "tiny.pt"))
@@ -241,11 +243,11 @@ def test_demo_cohort_raw_store(demo_run):
 
 def test_unknown_model_is_named():
     with pytest.raises(
-        ModelError, match="config field 'model.card': unknown built-in model 'nope'"
+        ModelError, match=r"config field 'model.card': unknown built-in model 'nope'"
     ):
         load_card("builtin:nope")
     with pytest.raises(
-        ModelError, match="config field 'model.card': model card 'x.yaml' not found"
+        ModelError, match=r"config field 'model.card': model card 'x.yaml' not found"
     ):
         load_card("x.yaml")
 
@@ -260,18 +262,18 @@ def test_tile_card_refused_for_dense_inference():
 def test_card_with_wrong_output_shape(tmp_path):
     torch.jit.script(TinyNet().eval()).save(str(tmp_path / "tiny.pt"))
     path = write_tiny_card(tmp_path, {"torchscript": "tiny.pt"})
-    card = yaml.safe_load(open(path))
+    card = yaml.safe_load(Path(path).read_text())
     card["patch_output"] = [66, 66]
-    open(path, "w").write(yaml.safe_dump(card))
+    Path(path).write_text(yaml.safe_dump(card))
     with pytest.raises(ModelError, match=r"head 'tissue' gives shape \(1, 3, 64, 64\), but card"):
         load_model(load_card(path))
 
 
 def test_card_schema_error_names_field(tmp_path):
     path = write_tiny_card(tmp_path, {"builtin": "hed_nuclei"})
-    card = yaml.safe_load(open(path))
+    card = yaml.safe_load(Path(path).read_text())
     card["heads"][0]["activation"] = "relu"
-    open(path, "w").write(yaml.safe_dump(card))
+    Path(path).write_text(yaml.safe_dump(card))
     with pytest.raises(ModelError, match=r"field 'heads.0.activation'"):
         load_card(path)
 
@@ -309,21 +311,21 @@ def test_entrypoint_next_to_card_with_weights_only(tmp_path):
     with pytest.raises(ModelError, match="needs arbitrary unpickling"):
         load_model(load_card(str(tmp_path / "tiny.yaml")))
     (tmp_path / "w.pt").write_bytes(b"garbage")
-    with pytest.raises(ModelError, match="weights file '.*w.pt'"):
+    with pytest.raises(ModelError, match=r"weights file '.*w.pt'"):
         load_model(load_card(str(tmp_path / "tiny.yaml")))
     torch.save(TinyNet().state_dict(), tmp_path / "w.pt")
     source["kwargs"] = {"width": 8}  # weights no longer fit the model
-    with pytest.raises(ModelError, match="weights file '.*w.pt' does not fit 'tinymod:make'"):
+    with pytest.raises(ModelError, match=r"weights file '.*w.pt' does not fit 'tinymod:make'"):
         load_model(load_card(write_tiny_card(tmp_path, source)))
     source["entrypoint"] = "tinymod:missing"
-    with pytest.raises(ModelError, match="field 'source.entrypoint': cannot import"):
+    with pytest.raises(ModelError, match=r"field 'source.entrypoint': cannot import"):
         load_model(load_card(write_tiny_card(tmp_path, source)))
 
 
 def test_misspelt_card_key_is_refused(tmp_path):
     path = write_tiny_card(tmp_path, {"builtin": "hed_nuclei"})
-    card = yaml.safe_load(open(path))
+    card = yaml.safe_load(Path(path).read_text())
     card["postproces"] = []
-    open(path, "w").write(yaml.safe_dump(card))
-    with pytest.raises(ModelError, match="model card .*tiny.yaml.*postproces"):
+    Path(path).write_text(yaml.safe_dump(card))
+    with pytest.raises(ModelError, match=r"model card .*tiny.yaml.*postproces"):
         load_card(path)

@@ -77,7 +77,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, demo_slide, kill_aft
         assert np.array_equal(a["heads"][head][:], b["heads"][head][:])
 
 
-def test_changed_settings_discard_partial(tmp_path, demo_slide):
+def test_changed_settings_discard_partial(tmp_path):
     from histoflow.io.raw_zarr import RawZarrWriter
 
     boxes = np.array([[0, 0, 4, 4], [4, 0, 8, 4]])

@@ -196,7 +196,7 @@ def test_mistakes_are_refused_with_the_image_named():
     s = CacheTiles(spec, rec)
     one = np.ones((1, 1, 1), np.float32)
     s.add([one], [TileInfo("a", 0, 0, 0)])
-    with pytest.raises(ValueError, match="'a'.*arrived twice"):
+    with pytest.raises(ValueError, match=r"'a'.*arrived twice"):
         s.add([one], [TileInfo("a", 0, 0, 0)])
     with pytest.raises(ValueError, match="outside the 2x2 canvas"):
         s.add([one], [TileInfo("a", 0, 2, 0)])

@@ -90,7 +90,7 @@ def test_multi_page_tiff_pages_are_samples_read_like_plain_images(tmp_path):
             samples[0].read_region(3, 5, 20, 30, 1.0), whole.read_region(3, 5, 20, 30, 1.0)
         )
     assert len(open_samples(single, mpp=0.5)) == 1
-    with pytest.raises(SlideError, match="sample 'S'.*'mpp'"):
+    with pytest.raises(SlideError, match=r"sample 'S'.*'mpp'"):
         open_samples(stack, sample="S")
 
 
@@ -162,9 +162,9 @@ def test_bad_cards_name_the_field(tmp_path):
         (tmp_path / "c.yaml").write_text(yaml.safe_dump({**card, **change}))
         with pytest.raises(ModelError, match=f"field '{field}'"):
             load_tile_card(tmp_path / "c.yaml")
-    with pytest.raises(ModelError, match="field 'kind'.*needs a tile model"):
+    with pytest.raises(ModelError, match=r"field 'kind'.*needs a tile model"):
         load_tile_card("builtin:hed_nuclei")  # a dense card
-    with pytest.raises(ModelError, match="'builtin:nope' not found.*builtin:stain_stats"):
+    with pytest.raises(ModelError, match=r"'builtin:nope' not found.*builtin:stain_stats"):
         load_tile_card("builtin:nope")
 
 
