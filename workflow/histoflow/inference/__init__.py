@@ -1,1 +1,9 @@
-"""Patch inference: the patch grid, the patch dataset and the batched runner."""
+"""Model inference over a slide.
+
+- `core`: what dense and tile inference share: device choice, CUDA determinism, the
+  heap bound, the process-safe region dataset, the loader and the normalised forward.
+- `grid`: the patch grid (`cover`) used by dense, tile and synthetic grids, and the
+  two tissue fractions of a box.
+- `runner`: the dense stage (`infer_patches`): `InferenceOptions` and `run`, which
+  streams every tissue patch's head outputs to raw.zarr.
+"""
