@@ -7,8 +7,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import zarr
 from histoflow.errors import ConfigError
-from histoflow.io.maps_zarr import MapsZarrError, MapsZarrWriter, read_maps_attrs
+from histoflow.io.maps_zarr import MapsZarrError, MapsZarrWriter, open_maps, read_maps_attrs
 from histoflow.io.raw_zarr import RawZarrError, read_raw_attrs
 from histoflow.merge import MergeOptions, memory, resources
 from histoflow.merge.canvas import Canvas, MemoryStorage, Region, ZarrStorage
@@ -195,3 +196,43 @@ def test_rule_callables_read_the_jobs_raw_store(tmp_path):
     assert threads(None, job_input) == 2
     assert mem_mb(None, job_input, 1) == resources.merge_mem_mb(attrs)
     assert mem_mb(None, job_input, 2) == 2 * resources.merge_mem_mb(attrs)
+
+
+def _written_maps(path, shape=(10, 4)):
+    attrs = {
+        "shape": list(shape),
+        "scale": 2.0,
+        "mpp": 1.0,
+        "slide_mpp": 0.5,
+        "model": {"name": "toy"},
+        "heads": [{"name": "a", "channels": 2, "activation": "sigmoid"}],
+    }
+    writer = MapsZarrWriter(path, shape, {"a": 2}, band_rows=3, attrs=attrs)
+    writer.close()
+    return path
+
+
+def test_open_maps_reads_the_contract(tmp_path):
+    maps = open_maps(_written_maps(tmp_path / "m.zarr"))
+    assert (maps.shape, maps.scale, maps.mpp, maps.slide_mpp) == ((10, 4), 2.0, 1.0, 0.5)
+    assert maps.channels == {"a": 2} and maps.band_rows == 3
+    assert list(maps.arrays) == ["a", "coverage"]
+    assert maps.nbytes == 10 * 4 * 2 * 4 + 10 * 4 * 2
+    rows = maps.read_rows(["a", "coverage"], 2, 5)
+    assert rows["a"].shape == (3, 4, 2) and rows["coverage"].shape == (3, 4)
+    assert [(y0, b.shape[0]) for y0, b in maps.bands("a")] == [(0, 3), (3, 3), (6, 3), (9, 1)]
+    assert read_maps_attrs(tmp_path / "m.zarr")["shape"] == [10, 4]
+    assert read_maps_attrs(tmp_path / "none.zarr") is None
+
+
+def test_open_maps_names_the_file_and_the_member(tmp_path):
+    path = _written_maps(tmp_path / "m.zarr")
+    zarr.open_group(path, mode="r+").attrs["heads"] = [{"name": "b", "channels": 1}]
+    with pytest.raises(MapsZarrError, match=r"m\.zarr': array 'b' missing"):
+        open_maps(path)
+    with pytest.raises(MapsZarrError, match=r"nope\.zarr': not a readable maps\.zarr"):
+        open_maps(tmp_path / "nope.zarr")
+    zarr.open_group(path, mode="r+").attrs["shape"] = [9, 4]
+    zarr.open_group(path, mode="r+").attrs["heads"] = [{"name": "a", "channels": 2}]
+    with pytest.raises(MapsZarrError, match=r"array 'a' has shape \(10, 4, 2\)"):
+        open_maps(path)
