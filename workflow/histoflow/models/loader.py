@@ -120,17 +120,25 @@ def outputs_by_head(card: ModelCard, out) -> dict[str, torch.Tensor]:
     return dict(zip(names, out))
 
 
-def check_against_card(card: ModelCard, model: nn.Module) -> None:
-    """Run one dummy batch and compare each head's shape with the card."""
+def dummy_forward(card: ModelCard, model: nn.Module, batch: int):
+    """The model's output for `batch` mid-grey patches of the card's input shape.
+
+    Any failure of the model on that valid batch becomes a ModelError naming the card.
+    """
     h, w = card.patch_input
     with torch.inference_mode():
         try:
-            out = model(torch.full((1, 3, h, w), 0.5))
+            return model(torch.full((batch, 3, h, w), 0.5))
         except Exception as exc:  # any failure of a user model on a valid batch
             raise ModelError(
-                f"model '{card.name}' failed on a dummy batch of shape (1, 3, {h}, {w}) from "
-                f"card '{card.path}' field 'patch_input': {exc}"
+                f"model '{card.name}' failed on a dummy batch of shape ({batch}, 3, {h}, {w}) "
+                f"from card '{card.path}' field 'patch_input': {exc}"
             ) from exc
+
+
+def check_against_card(card: ModelCard, model: nn.Module) -> None:
+    """Run one dummy batch and compare each head's shape with the card."""
+    out = dummy_forward(card, model, 1)
     oh, ow = card.patch_output
     for i, (name, tensor) in enumerate(outputs_by_head(card, out).items()):
         want = (1, card.heads[i]["channels"], oh, ow)

@@ -139,7 +139,7 @@ def build_tile_model(card: TileCard):
     """The nn.Module of a tile card, in eval mode, checked to give (B, dim) on a dummy batch."""
     import torch
 
-    from histoflow.models.loader import build_model
+    from histoflow.models.loader import build_model, dummy_forward
     from histoflow.tiles import default_model
 
     name = card.card["source"].get("builtin")
@@ -150,15 +150,7 @@ def build_tile_model(card: TileCard):
             raise _fail(card.path, "source.builtin", str(exc.args[0])) from None
     else:
         model = build_model(card)  # TorchScript or entry point, as for dense models
-    n = card.tile_size
-    with torch.inference_mode():
-        try:
-            out = model(torch.full((2, 3, n, n), 0.5))
-        except Exception as exc:  # any failure of a user model on a valid batch
-            raise ModelError(
-                f"model '{card.name}' failed on a dummy batch of shape (2, 3, {n}, {n}) "
-                f"(card '{card.path}' field 'patch_input'): {exc}"
-            ) from exc
+    out = dummy_forward(card, model, 2)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, card.dim):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ModelError(
