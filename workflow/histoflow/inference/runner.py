@@ -109,7 +109,7 @@ def raw_attrs(
             {
                 "name": h["name"],
                 "channels": h["channels"],
-                "activation": h.get("activation", "none"),
+                "activation": h["activation"],
             }
             for h in card.heads
         ],
@@ -124,7 +124,7 @@ def head_arrays(card: ModelCard, raw, out_dtype: torch.dtype) -> dict[str, np.nd
     # Cast on the device, then one contiguous NHWC copy: cheaper than numpy's astype on
     # the strided view, and half the device-to-host bytes for float16.
     return {
-        h["name"]: activate(outs[h["name"]].float(), h.get("activation", "none"))
+        h["name"]: activate(outs[h["name"]].float(), h["activation"])
         .to(out_dtype)
         .permute(0, 2, 3, 1)
         .contiguous()

@@ -130,7 +130,7 @@ def _check_consistency(card: dict, path: Path) -> None:
             f"model card '{path}': field 'patch_output': {card['patch_output']} must fit centred "
             f"in patch_input {card['patch_input']} (equal margins on both sides)"
         )
-    for i, task in enumerate(card.get("postprocess", [])):
+    for i, task in enumerate(card["postprocess"]):
         for role, head in task["heads"].items():
             if head not in heads:
                 raise ModelError(
