@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
+from histoflow.errors import HistoflowError
 from histoflow.tiles.strategies import (
     CacheTiles,
     ImageSpec,
@@ -16,6 +17,7 @@ from histoflow.tiles.strategies import (
     ZarrImageSink,
     iter_batches,
     make_strategy,
+    read_grid_map,
     read_image,
 )
 
@@ -217,3 +219,23 @@ def test_image_without_tiles_is_written_empty_at_finish():
     assert s.finish() == ["blank"]
     scores, coverage = read_image(root, "blank")
     assert scores.shape == (1, 3, 4, 2) and not scores.any() and not coverage.any()
+
+
+def test_grid_map_stacks_samples_with_one_empty_row_between(tmp_path):
+    spec = ImageSpec(shapes=((2, 3), (1, 2)), tiles=(2, 1), channels=1)
+    root = zarr.create_group(store=str(tmp_path / "map.zarr"), zarr_format=3)
+    s = make_strategy(StrategyName.WRITE_TILES_ZARR, {"img": spec}, root)
+    s.add(
+        np.array([[1.0], [2.0]], np.float32), [TileInfo("img", 0, 0, 0), TileInfo("img", 0, 1, 2)]
+    )
+    root.attrs["sample"] = "img"
+    with pytest.raises(HistoflowError, match="not complete"):
+        read_grid_map(tmp_path / "map.zarr")
+    s.add(np.array([[3.0]], np.float32), [TileInfo("img", 1, 0, 1)])
+    s.finish()
+    scores, coverage, attrs = read_grid_map(tmp_path / "map.zarr")
+    assert attrs["sample"] == "img" and scores.shape == (4, 3, 1) and coverage.shape == (4, 3)
+    want = np.zeros((4, 3), np.float32)
+    want[0, 0], want[1, 2], want[3, 1] = 1, 2, 3
+    np.testing.assert_array_equal(scores[..., 0], want)
+    np.testing.assert_array_equal(coverage, (want > 0).astype(np.uint8))
