@@ -16,6 +16,7 @@ import pyarrow as pa
 import shapely
 import zarr
 from histoflow.io.instance_table import SCHEMA, write_instance_table
+from histoflow.synthetic.raw import write_synthetic_raw
 
 SAMPLE = "S1"
 SLIDE_MPP = 0.25
@@ -99,11 +100,8 @@ def make_maps(path: Path, height: int = 300, width: int = 420, band_rows: int = 
 
 
 def make_raw(path: Path, n: int = 12) -> Path:
-    group = zarr.create_group(store=str(path), zarr_format=3, attributes={"sample": SAMPLE})
-    grid = np.array([(r, c) for r in range(3) for c in range(n // 3)], dtype=np.int64)
-    boxes = np.concatenate([grid[:, ::-1] * 64, grid[:, ::-1] * 64 + 64], axis=1)
-    group.create_array("boxes", data=boxes.astype(np.int64))
-    group.create_array("grid", data=grid)
+    # A contract raw.zarr (read through histoflow.io.raw_zarr): 3 rows of n // 3 patches.
+    write_synthetic_raw(path, (192, 64 * (n // 3)), (64, 64), (64, 64), {"p": 1}, sample=SAMPLE)
     return path
 
 
