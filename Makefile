@@ -1,6 +1,6 @@
 # Two entry points (see README.md): `make demo` and `make test`. While developing:
 # `make unit` (engine tests, no Snakemake runs) and `make lint`; CI (.ci/run) runs
-# `make lint test`.
+# `make test`, which runs `make lint` first.
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -26,7 +26,7 @@ demo: data
 PY_DIRS    := workflow scripts tests benchmarks
 SMK_FILES  := Snakefile workflow/rules
 
-test: data
+test: lint data
 	$(BIN)/python -m pytest tests -m "not slow"
 
 # Engine tests only: the end-to-end Snakemake runs are marked e2e.

@@ -11,7 +11,7 @@ import yaml
 import zarr
 from conftest import DEMO_SAMPLE, REPO, run_workflow
 from histoflow.errors import ConfigError, ModelError
-from histoflow.inference.grid import make_grid, mask_cell_fraction
+from histoflow.inference.grid import box_tissue_fraction, make_grid
 from histoflow.inference.runner import InferenceOptions, run
 from histoflow.io.mask_files import read_mask
 from histoflow.models.card import load_card
@@ -51,7 +51,12 @@ def test_grid_respects_mask():
     g = make_grid(
         (400, 320), (64, 64), (64, 64), mask=mask, scale_to_mask=(0.25, 0.25), min_tissue=0.5
     )
-    frac = mask_cell_fraction(g_all.boxes, mask, (0.25, 0.25))
+    # Oracle: the mask at model resolution (each mask pixel 4 x 4 model pixels), so the
+    # tissue fraction of a box is the mean of its pixels, outside the slide glass.
+    full = np.zeros((448, 384), bool)
+    full[:400, :320] = np.kron(mask, np.ones((4, 4), bool))
+    frac = np.array([full[y0:y1, x0:x1].mean() for x0, y0, x1, y1 in g_all.boxes])
+    assert np.allclose(box_tissue_fraction(g_all.boxes, mask, (0.25, 0.25)), frac, atol=1e-6)
     assert len(g.boxes) == (frac >= 0.5).sum() > 0
     kept = {tuple(b) for b in g.boxes}
     for box, f in zip(g_all.boxes, frac):
@@ -227,7 +232,7 @@ def test_demo_cohort_raw_store(demo_run):
     mask, meta = read_mask(res / "mask" / "mask.png", res / "mask" / "mask.json")
     full = make_grid(attrs["shape"], attrs["patch_input"], attrs["patch_output"], (sy, sx))
     s = attrs["scale"]
-    frac = mask_cell_fraction(
+    frac = box_tissue_fraction(
         full.boxes, mask, (s / meta["mask_scale"][0], s / meta["mask_scale"][1])
     )
     assert np.array_equal(full.boxes[frac >= max(attrs["min_tissue_fraction"], 1e-12)], boxes)
@@ -329,3 +334,19 @@ def test_misspelt_card_key_is_refused(tmp_path):
     Path(path).write_text(yaml.safe_dump(card))
     with pytest.raises(ModelError, match=r"model card .*tiny.yaml.*postproces"):
         load_card(path)
+
+
+def test_dense_and_tile_grids_share_one_tissue_fraction():
+    # Box edges inside mask pixels (10 px tiles over 4 px mask pixels): the case where a
+    # per-mask-pixel count and the exact area disagree. Both stages use the exact area.
+    from histoflow.tiles.grid import TileGrid
+
+    rng = np.random.default_rng(3)
+    mask = rng.random((11, 15)) > 0.4
+    grid = TileGrid(dimensions=(60, 44), slide_mpp=0.5, mpp=0.5, tile_size=10, stride=10)
+    tiles = grid.tissue_ratio(mask, (4.0, 4.0))
+    xy = grid.origins()
+    boxes = np.concatenate([xy, xy + 10], axis=1)
+    dense = box_tissue_fraction(boxes, mask, (0.25, 0.25))
+    np.testing.assert_allclose(dense, tiles, atol=1e-6)
+    assert len(np.unique(np.round(dense, 3))) > 3  # fractional, not all 0 or 1

@@ -17,7 +17,8 @@ from skimage import color, filters, morphology, segmentation
 
 from histoflow.config import schema_defaults
 from histoflow.errors import SlideError
-from histoflow.slide import Slide
+from histoflow.io.mask_files import write_mask_files
+from histoflow.slide import Slide, open_slide
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,23 @@ def compute_tissue_mask(
         "warnings": warnings,
     }
     return TissueMask(mask=mask, thumbnail=thumb, overlay=overlay_picture(slide, mask), meta=meta)
+
+
+def run(
+    slide_path: str | Path,
+    outputs: tuple[str | Path, str | Path, str | Path, str | Path],
+    options: MaskOptions,
+    *,
+    sample: str,
+    mpp: float | None = None,
+    user_mask: str | Path | None = None,
+) -> TissueMask:
+    """The mask_tissue stage: mask one slide and write `outputs` (mask.png,
+    thumbnail.png, overlay.png, mask.json) through `histoflow.io.mask_files`."""
+    with open_slide(slide_path, sample=sample, mpp=mpp) as slide:
+        result = compute_tissue_mask(slide, options, user_mask=user_mask or None)
+    write_mask_files(result, *outputs)
+    return result
 
 
 def overlay_picture(slide: Slide, mask: np.ndarray, max_side: int = OVERLAY_MAX_SIDE) -> np.ndarray:

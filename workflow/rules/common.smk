@@ -117,21 +117,16 @@ def get_user_mask_path(wildcards):
     return str(mask) if mask else ""
 
 
-def get_sample_mpp(wildcards):
-    # Cast: a numpy scalar would be ignored by the params rerun trigger.
-    mpp = sample_row(wildcards)["mpp"]
-    return float(mpp) if mpp else None
-
-
 def sheet_record(sample):
-    # Plain Python types: numpy scalars would escape the params rerun trigger.
-    row = SAMPLES.loc[sample]
-    mpp = row["mpp"]
-    return {
-        "path": str(row["path"]),
-        "mpp": float(mpp) if mpp else None,
-        "mask": str(row["mask"]) if row["mask"] else None,
-    }
+    # One cast of a sheet row to plain values (the params rerun trigger ignores numpy
+    # scalars), shared with the manifest.
+    from histoflow.manifest.sheet import sheet_record as cast_row
+
+    return cast_row(SAMPLES.loc[sample])
+
+
+def get_sample_mpp(wildcards):
+    return sheet_record(wildcards.sample)["mpp"]
 
 
 def sheet_records():

@@ -18,6 +18,7 @@ import numpy as np
 from histoflow.export import ExportError
 from histoflow.io.atomic import atomic_output
 from histoflow.io.maps_zarr import MapsZarr, open_maps
+from histoflow.io.npz import NpzFile
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,6 @@ def export_npz(maps_path: str | Path, out_path: str | Path, max_mb: float) -> No
 
     np.load decompresses a member whole, so the limit is on the uncompressed size.
     """
-    from histoflow.export.npz import NpzFile
-
     maps = open_maps(maps_path)
     size_mb = maps.nbytes / 1e6
     if size_mb > max_mb:

@@ -6,18 +6,12 @@ the edge (read as background, clipped by the merge). `cover` lays out that grid;
 dense inference (`make_grid`), tile inference (`histoflow.tiles.grid`) and the
 synthetic raw stores (`histoflow.synthetic.raw`) all use it.
 
-The tissue fraction of a box has two definitions, each used by one stage:
-
-- `mask_cell_fraction` (dense patches, `inference.min_tissue_fraction`): the share
-  of tissue among the mask pixels that the box touches, its edges rounded outward to
-  the mask grid.
-- `area_fraction` (tiles, `tiles.min_tissue_fraction` and the stores'
-  `tissue_ratio`): the exact share of the box's area covered by tissue, taking the
-  mask as piecewise constant at its own resolution.
-
-They differ when a box edge falls inside a mask pixel: a box one mask pixel high over
-x in [0, 2.5) of the pixels tissue, glass, tissue is 1.5 / 2.5 = 0.6 tissue by area
-and 2 / 3 by whole mask pixels.
+The tissue fraction of a box has one definition, `area_fraction`: the exact share of
+the box's area covered by tissue, taking the mask as piecewise constant at its own
+resolution (area outside the mask counts as glass). Dense patches
+(`inference.min_tissue_fraction`, through `box_tissue_fraction`) and tiles
+(`tiles.min_tissue_fraction` and the stores' `tissue_ratio`) both use it, so the same
+box over the same mask has the same fraction in both stages.
 """
 
 from __future__ import annotations
@@ -73,27 +67,15 @@ def cover(
     return boxes, cells, (len(ys), len(xs))
 
 
-def mask_cell_fraction(
+def box_tissue_fraction(
     boxes: np.ndarray, mask: np.ndarray, scale_to_mask: tuple[float, float]
 ) -> np.ndarray:
-    """Share of tissue among the mask pixels each box (model pixels) touches.
+    """`area_fraction` of integer boxes (N, 4) x0, y0, x1, y1 given in model pixels.
 
-    `scale_to_mask` is (sx, sy): mask pixels per model pixel. Box edges are rounded
-    outward to the mask grid; parts outside the mask count as no tissue. This is the
-    dense patch filter's definition.
+    `scale_to_mask` is (sx, sy): mask pixels per model pixel.
     """
-    h, w = mask.shape
-    integral = np.zeros((h + 1, w + 1), np.int64)
-    integral[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
     sx, sy = scale_to_mask
-    ux0 = np.floor(boxes[:, 0] * sx + 1e-9).astype(np.int64)
-    uy0 = np.floor(boxes[:, 1] * sy + 1e-9).astype(np.int64)
-    ux1 = np.maximum(np.ceil(boxes[:, 2] * sx - 1e-9).astype(np.int64), ux0 + 1)
-    uy1 = np.maximum(np.ceil(boxes[:, 3] * sy - 1e-9).astype(np.int64), uy0 + 1)
-    x0, x1 = np.clip(ux0, 0, w), np.clip(ux1, 0, w)
-    y0, y1 = np.clip(uy0, 0, h), np.clip(uy1, 0, h)
-    inside = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
-    return inside / ((ux1 - ux0) * (uy1 - uy0))
+    return area_fraction(np.asarray(boxes, np.float64) * [sx, sy, sx, sy], mask)
 
 
 def area_fraction(boxes: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -102,7 +84,6 @@ def area_fraction(boxes: np.ndarray, mask: np.ndarray) -> np.ndarray:
     `boxes` (N, 4) float x0, y0, x1, y1 are in mask pixels (fractional edges allowed).
     The mask is taken as piecewise constant at its own resolution, so a summed-area
     table interpolated bilinearly is exact; area outside the mask counts as no tissue.
-    This is the tile grid's definition.
     """
     x0, y0, x1, y1 = (boxes[:, i] for i in range(4))
     sat = summed_area(mask)
@@ -167,7 +148,7 @@ def make_grid(
     check_stride(stride, patch_output)
     boxes, cells, grid_shape = cover(shape, patch_output, stride)
     if mask is not None:
-        keep = mask_cell_fraction(boxes, mask, scale_to_mask) >= max(min_tissue, 1e-12)
+        keep = box_tissue_fraction(boxes, mask, scale_to_mask) >= max(min_tissue, 1e-12)
         boxes, cells = boxes[keep], cells[keep]
     oh, ow = patch_output
     margin = ((patch_input[0] - oh) // 2, (patch_input[1] - ow) // 2)

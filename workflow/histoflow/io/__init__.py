@@ -5,5 +5,6 @@
 (instances/instances.parquet), `tile_stores` (the per-tile prediction stores); each
 has the one writer and the one reader of its files. `zarr_attrs` reads a store's
 attributes without zarr (for rule resources) and `atomic` makes every output appear
-only when complete.
+only when complete; `npz` writes deterministic, streamed `.npz` files for the map
+export and the tile stores.
 """

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from histoflow.io.atomic import atomic_output
+from histoflow.io.npz import NpzFile
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ class PredictionWriter(ABC):
         metadata_json(metadata)  # fail now, not at close, if it is not JSON
         self.metadata = dict(metadata)
 
-    def set_gene_names(self, input_genes=None, output_genes=None) -> None:  # noqa: B027
+    def set_gene_names(self, input_genes=None, output_genes=None) -> None:  # noqa: B027 - optional hook
         """No-op by default (a writer may ignore them); the three writers here store them."""
 
     def close(self) -> None:
@@ -391,8 +392,6 @@ class NPZWriter(_GeneStoringWriter):
             fh.write(np.ascontiguousarray(rows).tobytes())
 
     def _close_backend(self) -> None:
-        from histoflow.export.npz import NpzFile
-
         for fh in self._spills:
             fh.close()
         n, d = self.count, self.embedding_dim
