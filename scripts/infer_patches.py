@@ -12,7 +12,7 @@ def main():
 
     sm = snakemake  # noqa: F821 - injected by Snakemake
     torch.set_num_threads(max(1, sm.threads))
-    card = load_dense_card(sm.params.card)
+    card = load_dense_card(sm.params.card, sm.params.weights)
     model = load_model(card)
     mask, mask_meta = read_mask(sm.input.mask, sm.input.mask_meta)
     run(

@@ -143,12 +143,14 @@ def get_sheet_record(wildcards):
 def get_model_files(wildcards):
     # A card given as a path (and the TorchScript/weights file it names) is an input,
     # so replacing the model reruns inference; built-in cards live in the package.
-    spec = config["model"]["card"]
+    # model.weights is an input too (a missing file is reported by the job).
+    spec, weights = config["model"]["card"], config["model"]["weights"]
+    files = [weights] if weights else []
     if spec.startswith("builtin:") or not Path(spec).is_file():
-        return []
+        return files
     from histoflow.models.card import load_card
 
-    return [str(p) for p in load_card(spec).files()]
+    return [str(p) for p in load_card(spec).files()] + files
 
 
 def card_has_semantic_task():

@@ -26,6 +26,7 @@ rule infer_patches:
         slide=get_slide_path,
         mpp=get_sample_mpp,
         card=config["model"]["card"],
+        weights=config["model"]["weights"],
         options=config["inference"],
     script:
         "../../scripts/infer_patches.py"

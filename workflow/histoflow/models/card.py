@@ -12,6 +12,8 @@ from histoflow.errors import ModelError
 from histoflow.hashing import sha256_file
 
 BUILTIN_CARDS = Path(__file__).resolve().parent / "cards"
+MODEL_FILES = ("torchscript", "export", "weights")  # source keys naming files
+SOURCES = ("builtin", "torchscript", "export", "entrypoint")  # exactly one per card
 
 
 def builtin_names() -> list[str]:
@@ -25,6 +27,7 @@ class ModelCard:
 
     card: dict  # validated, defaults filled; goes into raw.zarr attrs
     path: Path  # the card file (relative sources resolve against its folder)
+    weights: Path | None = None  # config field model.weights (overrides source.weights)
 
     @property
     def name(self) -> str:
@@ -52,17 +55,20 @@ class ModelCard:
         return tuple(self.card["patch_output"])
 
     def file(self, key: str) -> Path | None:
-        """The file of `source.<key>`, resolved against the card's folder (None: unset)."""
+        """The file of `source.<key>`, resolved against the card's folder (None: unset);
+        for `weights`, config field model.weights wins over the card's."""
+        if key == "weights" and self.weights is not None:
+            return self.weights
         value = self.card["source"].get(key)
         return None if value is None else (self.path.parent / value).resolve()
 
     def files(self) -> list[Path]:
         """The card and the files it points to (inputs of the inference rule)."""
-        return [self.path] + [p for k in ("torchscript", "weights") if (p := self.file(k))]
+        return [self.path] + [p for k in MODEL_FILES if (p := self.file(k))]
 
     def weights_sha256(self) -> str | None:
-        """sha256 of the TorchScript or weights file (None for built-ins)."""
-        path = self.file("torchscript") or self.file("weights")
+        """sha256 of the TorchScript, ExportedProgram or weights file (None: weight-free)."""
+        path = self.file("torchscript") or self.file("export") or self.file("weights")
         return sha256_file(path) if path else None
 
 
@@ -105,16 +111,29 @@ def read_card(path: Path) -> dict:
     return card
 
 
-def load_card(spec: str) -> ModelCard:
-    """A card by built-in name or path, validated and checked for consistency."""
+def load_card(spec: str, weights: str | Path | None = None) -> ModelCard:
+    """A card by built-in name or path, validated and checked for consistency.
+
+    `weights` (config field model.weights) is the state dict for the card's built-in
+    architecture or entry point, replacing the card's `source.weights`.
+    """
     path = resolve_card_path(spec)
     card = read_card(path)
     _check_consistency(card, path)
-    for key in ("torchscript", "weights"):
+    for key in MODEL_FILES:
         value = card["source"].get(key)
         if value and not (path.parent / value).is_file():
             raise ModelError(f"model card '{path}': field 'source.{key}': file '{value}' not found")
-    return ModelCard(card=card, path=path.resolve())
+    if weights is None:
+        return ModelCard(card=card, path=path.resolve())
+    if not Path(weights).is_file():
+        raise ModelError(f"config field 'model.weights': weights file '{weights}' not found")
+    if not ("builtin" in card["source"] or "entrypoint" in card["source"]):
+        raise ModelError(
+            f"config field 'model.weights': card '{path}' loads a whole saved model "
+            "(source.torchscript or source.export), which takes no separate weights"
+        )
+    return ModelCard(card=card, path=path.resolve(), weights=Path(weights).resolve())
 
 
 def _check_consistency(card: dict, path: Path) -> None:
@@ -140,17 +159,17 @@ def _check_consistency(card: dict, path: Path) -> None:
 
 
 def _check_source(card: dict, path: Path) -> None:
-    sources = [k for k in ("builtin", "torchscript", "entrypoint") if k in card["source"]]
+    sources = [k for k in SOURCES if k in card["source"]]
     if len(sources) != 1:
         raise ModelError(
-            f"model card '{path}': field 'source': give exactly one of builtin, torchscript, "
-            f"entrypoint (got {', '.join(sources) or 'none'})"
+            f"model card '{path}': field 'source': give exactly one of {', '.join(SOURCES)} "
+            f"(got {', '.join(sources) or 'none'})"
         )
 
 
-def load_dense_card(spec: str) -> ModelCard:
+def load_dense_card(spec: str, weights: str | Path | None = None) -> ModelCard:
     """A card for dense (map) inference; a tile-level card is pointed at the tiles stage."""
-    card = load_card(spec)
+    card = load_card(spec, weights)
     if card.card["kind"] != "dense":
         raise ModelError(
             f"config field 'model.card': '{spec}' is a model of kind '{card.card['kind']}'; "

@@ -1,9 +1,12 @@
 """Build the nn.Module a card describes and check it against the card on one dummy batch.
 
-Sources: `builtin` (histoflow.models.hed, no weights), `torchscript` (torch.jit.load:
-no pickle), `entrypoint` (`module:function` returning an nn.Module; optional weights
-loaded with torch.load(weights_only=True), so a file that needs arbitrary unpickling
-is refused). Nothing is downloaded.
+Sources: `builtin` (histoflow.models.hed, no weights; or a HoVer-Net architecture,
+`hovernet_fast`, `hovernet_original`, `hovernetplus`, whose checkpoint is required and
+loaded with histoflow.models.hovernet.load_checkpoint), `torchscript` (torch.jit.load:
+no pickle), `export` (a torch.export ExportedProgram, `.pt2`), `entrypoint`
+(`module:function` returning an nn.Module; optional weights). Weights are read with
+torch.load(weights_only=True), so a file that needs arbitrary unpickling is refused.
+Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import importlib
 import pickle
 import sys
+import traceback
 
 import torch
 from torch import nn
@@ -18,28 +22,94 @@ from torch import nn
 from histoflow.errors import ModelError
 from histoflow.models.card import ModelCard
 from histoflow.models.hed import BUILTINS
+from histoflow.models.hovernet import HoVerNet, HoVerNetPlus, load_checkpoint
+
+# Built-in architectures that need a checkpoint: name -> constructor(**source.kwargs)
+ARCHITECTURES = {
+    "hovernet_fast": lambda **kw: HoVerNet("fast", **kw),
+    "hovernet_original": lambda **kw: HoVerNet("original", **kw),
+    "hovernetplus": lambda **kw: HoVerNetPlus(**kw),
+}
 
 
 def build_model(card: ModelCard) -> nn.Module:
-    """The card's nn.Module in eval mode: built-in, TorchScript or entry point."""
+    """The card's nn.Module in eval mode: built-in, TorchScript, ExportedProgram or entry
+    point."""
     source = card.card["source"]
     if "builtin" in source:
-        name = source["builtin"]
-        if name not in BUILTINS:
-            raise ModelError(
-                f"model card '{card.path}': field 'source.builtin': unknown built-in model "
-                f"'{name}' (built-in: {', '.join(sorted(BUILTINS))})"
-            )
-        model = BUILTINS[name]()
+        model = _builtin(card, source["builtin"])
     elif "torchscript" in source:
         path = card.file("torchscript")
         try:
             model = torch.jit.load(str(path), map_location="cpu")
         except (RuntimeError, ValueError, OSError) as exc:
             raise ModelError(f"TorchScript file '{path}' cannot be loaded: {exc}") from exc
+    elif "export" in source:
+        model = load_exported(card)
     else:
         model = _from_entrypoint(card)
     return model.eval()
+
+
+def _builtin(card: ModelCard, name: str) -> nn.Module:
+    if name in BUILTINS:
+        return BUILTINS[name]()
+    if name not in ARCHITECTURES:
+        known = ", ".join(sorted([*BUILTINS, *ARCHITECTURES]))
+        raise ModelError(
+            f"model card '{card.path}': field 'source.builtin': unknown built-in model "
+            f"'{name}' (built-in: {known})"
+        )
+    kwargs = card.card["source"].get("kwargs", {})
+    try:
+        model = ARCHITECTURES[name](**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(
+            f"model card '{card.path}': field 'source.kwargs': {kwargs} do not build "
+            f"'{name}': {exc}"
+        ) from exc
+    weights = card.file("weights")
+    if weights is None:
+        raise ModelError(
+            f"model card '{card.name}' ({card.path}) is the '{name}' architecture and needs "
+            "its trained weights: give the checkpoint file with config field 'model.weights' "
+            f"(python -m histoflow.models fetch {card.name} downloads the published one)"
+        )
+    try:
+        return load_checkpoint(weights, model)
+    except ModelError as exc:
+        raise ModelError(f"model card '{card.name}', config field 'model.weights': {exc}") from exc
+
+
+class ExportedModule(nn.Module):
+    """A torch.export program's module; `train`/`eval` only set the flag, as an exported
+    graph is fixed in the mode it was exported in (export the model in eval mode)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.program = module
+
+    def train(self, mode: bool = True) -> ExportedModule:
+        """Record `mode` without touching the exported graph."""
+        self.training = mode
+        return self
+
+    def forward(self, x):
+        """The exported program's output for `x`."""
+        return self.program(x)
+
+
+def load_exported(card: ModelCard) -> nn.Module:
+    """The module of the card's torch.export ExportedProgram (`source.export`, `.pt2`)."""
+    path = card.file("export")
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:  # torch raises many kinds (zip, pickle, version, schema)
+        raise ModelError(
+            f"model card '{card.path}': field 'source.export': '{path}' is not a loadable "
+            f"torch.export program (torch.export.save output): {type(exc).__name__}: {exc}"
+        ) from exc
+    return ExportedModule(program.module())
 
 
 def _from_entrypoint(card: ModelCard) -> nn.Module:
@@ -70,14 +140,28 @@ def _import_entrypoint(card: ModelCard, spec: str):
     if added:
         sys.path.append(folder)
     try:
-        return getattr(importlib.import_module(module_name), func_name)
-    except (ImportError, AttributeError) as exc:
+        module = importlib.import_module(module_name)
+    except (Exception, SystemExit) as exc:  # a user module may raise anything on import
         raise ModelError(
-            f"model card '{card.path}': field 'source.entrypoint': cannot import '{spec}' ({exc})"
-        ) from exc
+            f"model card '{card.path}': field 'source.entrypoint': cannot import module "
+            f"'{module_name}' of '{spec}': {type(exc).__name__}: {exc}{_where(exc)}"
+        ) from None
     finally:
         if added:
             sys.path.remove(folder)
+    try:
+        return getattr(module, func_name)
+    except AttributeError:
+        raise ModelError(
+            f"model card '{card.path}': field 'source.entrypoint': cannot import "
+            f"'{spec}': module '{module_name}' has no '{func_name}'"
+        ) from None
+
+
+def _where(exc: BaseException) -> str:
+    """` (at FILE:LINE)` of the innermost frame that raised `exc`, or ''."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
 def _load_weights(model: nn.Module, weights, spec: str) -> None:
