@@ -1,0 +1,210 @@
+"""Model sources: built-in HoVer-Net architectures with `model.weights`, torch.export
+programs (.pt2), entry points that fail on import; the published cards' IO."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from histoflow.errors import ModelError
+from histoflow.hashing import sha256_file
+from histoflow.models.card import load_card, load_dense_card
+from histoflow.models.hovernet import MODES, HoVerNet, to_published
+from histoflow.models.loader import ARCHITECTURES, build_model, load_model
+
+# TIAToolbox 2.1.3 pretrained_model.yaml: mpp, patch in, patch out (= stride), tile, margin
+PUBLISHED_IO = {
+    "hovernet_fast-pannuke": (0.25, 256, 164, 1024, 128),
+    "hovernet_fast-monusac": (0.25, 256, 164, 1024, 128),
+    "hovernet_original-consep": (0.25, 270, 80, 1024, 128),
+    "hovernet_original-kumar": (0.25, 270, 80, 2048, 128),
+    "hovernetplus-oed": (0.5, 256, 164, 2048, 128),
+}
+
+
+def published_checkpoint(card_name: str, path: Path, wrap=False) -> Path:
+    """A checkpoint in the published key layout for a card's architecture (random init);
+    `wrap`: as the original repository saves it, `{"desc": ...}` with `module.` keys."""
+    source = load_card(f"builtin:{card_name}").card["source"]
+    torch.manual_seed(1)
+    model = ARCHITECTURES[source["builtin"]](**source["kwargs"])
+    state = {to_published(k): v for k, v in model.state_dict().items()}
+    if wrap:
+        state = {"desc": {f"module.{k}": v for k, v in state.items()}, "epoch": 50}
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_IO))
+def test_cards_carry_the_published_io_and_fit_the_architecture(name):
+    card = load_card(f"builtin:{name}").card
+    mpp, pin, pout, tile, margin = PUBLISHED_IO[name]
+    assert card["mpp"] == mpp
+    assert card["patch_input"] == [pin, pin] and card["patch_output"] == [pout, pout]
+    assert card["stride"] == [pout, pout]
+    assert card["tile_shape"] == [tile, tile] and card["margin"] == margin
+    assert card["input"] == {"scale": 1, "mean": [0.0] * 3, "std": [1.0] * 3}
+    source = card["source"]
+    mode = "original" if source["builtin"] == "hovernet_original" else "fast"
+    assert MODES[mode][:2] == (pin, pout)
+    heads = {h["name"]: h["channels"] for h in card["heads"]}
+    tasks = {t["task"]: t for t in card["postprocess"]}
+    assert tasks["nuclei"]["method"] == "hovernet"
+    n_types = source["kwargs"]["num_types"]
+    if n_types is None:
+        assert "tp" not in heads
+    else:
+        assert heads["tp"] == n_types == len(tasks["nuclei"]["classes"])
+        assert tasks["nuclei"]["classes"][0]["name"] == "Background"
+    if name == "hovernetplus-oed":
+        assert heads["ls"] == 5 and tasks["layers"]["method"] == "semantic"
+        assert [c["name"] for c in tasks["layers"]["classes"]][2:] == [
+            "Basal Epithelium",
+            "(Core) Epithelium",
+            "Keratin",
+        ]
+
+
+def test_hovernet_card_without_weights_names_card_and_field():
+    card = load_dense_card("builtin:hovernet_fast-pannuke")
+    with pytest.raises(ModelError, match=r"'hovernet_fast-pannuke'.*config field 'model.weights'"):
+        build_model(card)
+
+
+def test_model_weights_loads_a_published_checkpoint_and_goes_into_provenance(tmp_path):
+    weights = published_checkpoint("hovernetplus-oed", tmp_path / "oed.pth")
+    card = load_dense_card("builtin:hovernetplus-oed", weights)
+    model = load_model(card)  # strict load, then the dummy batch against the card's heads
+    expected = torch.load(weights, weights_only=True)["conv0./.weight"]
+    assert torch.equal(model.conv0.conv.weight, expected)
+    assert card.weights_sha256() == sha256_file(weights)
+    assert weights.resolve() in card.files()
+
+
+def test_original_repository_file_loads_and_a_misfit_names_the_field(tmp_path):
+    wrapped = published_checkpoint("hovernet_original-kumar", tmp_path / "k.tar", wrap=True)
+    model = build_model(load_dense_card("builtin:hovernet_original-kumar", wrapped))
+    assert isinstance(model, HoVerNet) and model.mode == "original"
+    with pytest.raises(ModelError, match=r"config field 'model.weights': checkpoint .*k.tar"):
+        build_model(load_dense_card("builtin:hovernet_original-consep", wrapped))
+
+
+def test_model_weights_must_exist_and_fit_the_source(tmp_path):
+    with pytest.raises(ModelError, match=r"config field 'model.weights'.*not found"):
+        load_card("builtin:hovernet_fast-pannuke", tmp_path / "nope.pth")
+    (tmp_path / "m.ts").write_bytes(b"")  # only its presence is checked here
+    card = tmp_path / "ts.yaml"
+    card.write_text(yaml.safe_dump(tiny_card({"torchscript": "m.ts"})))
+    (tmp_path / "w.pth").write_bytes(b"x")
+    with pytest.raises(ModelError, match=r"model.weights.*takes no separate weights"):
+        load_card(str(card), tmp_path / "w.pth")
+
+
+def test_bad_builtin_kwargs_name_the_field(tmp_path):
+    card = yaml.safe_load(load_card("builtin:hovernet_fast-pannuke").path.read_text())
+    card["source"]["kwargs"] = {"num_type": 6}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(card))
+    with pytest.raises(ModelError, match=r"field 'source.kwargs'.*hovernet_fast"):
+        build_model(load_card(str(path)))
+
+
+# ---- torch.export ----
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 5)
+        self.bn = torch.nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return {"tissue": y, "density": torch.sigmoid(y[:, :1])}
+
+
+def tiny_card(source: dict) -> dict:
+    return {
+        "name": "tiny",
+        "kind": "dense",
+        "mpp": 2.0,
+        "patch_input": [20, 20],
+        "patch_output": [16, 16],
+        "heads": [
+            {"name": "tissue", "channels": 2, "activation": "softmax"},
+            {"name": "density", "channels": 1},
+        ],
+        "source": source,
+    }
+
+
+def export_tiny(path: Path) -> Tiny:
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    model.bn.running_mean.fill_(0.3)  # eval-mode statistics must be the ones exported
+    batch = torch.export.Dim("batch", min=1, max=256)
+    program = torch.export.export(model, (torch.rand(2, 3, 20, 20),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+    return model
+
+
+def test_exported_program_loads_as_a_source(tmp_path):
+    original = export_tiny(tmp_path / "tiny.pt2")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_card({"export": "tiny.pt2"})))
+    card = load_card(str(path))
+    model = load_model(card)  # dummy batch of 1 against the card's heads
+    x = torch.rand(5, 3, 20, 20)
+    with torch.inference_mode():
+        ours, theirs = model(x), original(x)
+    assert torch.allclose(ours["tissue"], theirs["tissue"], atol=1e-6)
+    assert card.weights_sha256() == sha256_file(tmp_path / "tiny.pt2")
+    assert (tmp_path / "tiny.pt2").resolve() in card.files()
+    assert not model.training
+
+
+def test_corrupt_exported_program_names_the_field(tmp_path):
+    (tmp_path / "bad.pt2").write_bytes(b"not a zip")
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(tiny_card({"export": "bad.pt2"})))
+    with pytest.raises(ModelError, match=r"bad.yaml': field 'source.export': .*bad.pt2"):
+        build_model(load_card(str(path)))
+
+
+def test_card_with_two_sources_is_refused(tmp_path):
+    path = tmp_path / "two.yaml"
+    (tmp_path / "m.pt2").write_bytes(b"")
+    (tmp_path / "m.ts").write_bytes(b"")
+    path.write_text(yaml.safe_dump(tiny_card({"export": "m.pt2", "torchscript": "m.ts"})))
+    with pytest.raises(ModelError, match="exactly one of builtin, torchscript, export"):
+        load_card(str(path))
+
+
+# ---- entry points whose module fails on import ----
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        ("import torch\nraise RuntimeError('CUDA driver missing')\n", "RuntimeError"),
+        ("import not_a_real_package_xyz\n", "ModuleNotFoundError"),
+        ("def make(:\n", "SyntaxError"),
+        ("import sys\nsys.exit(3)\n", "SystemExit"),
+        ("x = {}['key']\n", "KeyError"),
+    ],
+)
+def test_entrypoint_module_raising_on_import_is_one_error(tmp_path, body, kind):
+    (tmp_path / "brokenmod.py").write_text(body)
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(tiny_card({"entrypoint": "brokenmod:make"})))
+    with pytest.raises(ModelError) as info:
+        build_model(load_card(str(path)))
+    message = str(info.value)
+    assert message.startswith(f"model card '{path.resolve()}': field 'source.entrypoint': ")
+    assert f"cannot import module 'brokenmod' of 'brokenmod:make': {kind}" in message
+    assert "\n" not in message
+    assert info.value.__suppress_context__  # one error, not a chained traceback
+    assert str(tmp_path) not in sys.path
