@@ -31,6 +31,8 @@ rule write_manifest:
         mem_mb=500,
     params:
         sheet=get_sheet_record,
+        slide_identity=get_slide_identity,
+        user_mask_identity=get_user_mask_identity,
         effective_config=slide_config(),
         # sha256 of the whole slide; "fast" hashes the first and last MB and the size.
         checksum="sha256",

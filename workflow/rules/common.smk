@@ -117,6 +117,33 @@ def get_user_mask_path(wildcards):
     return str(mask) if mask else ""
 
 
+def file_identity(path):
+    # Size, mtime and content hash of an input (histoflow.manifest.fingerprint.identity):
+    # as a params value it reruns a rule whose slide, mask or model file was replaced,
+    # whatever the replacement's mtime (a restored backup, cp -p).
+    if not path or not Path(path).exists():
+        return None
+    from histoflow.manifest.fingerprint import identity
+
+    return identity(path)
+
+
+def get_slide_identity(wildcards):
+    return file_identity(sample_row(wildcards)["path"])
+
+
+def get_user_mask_identity(wildcards):
+    return file_identity(sample_row(wildcards)["mask"])
+
+
+def files_identity(paths):
+    return [file_identity(path) for path in paths]
+
+
+def get_model_identity(wildcards):
+    return files_identity(get_model_files(wildcards))
+
+
 def sheet_record(sample):
     # One cast of a sheet row to plain values (the params rerun trigger ignores numpy
     # scalars), shared with the manifest.

@@ -24,6 +24,8 @@ rule infer_patches:
         mem_mb=4000,
     params:
         slide=get_slide_path,
+        slide_identity=get_slide_identity,
+        model_identity=get_model_identity,
         mpp=get_sample_mpp,
         card=config["model"]["card"],
         weights=config["model"]["weights"],

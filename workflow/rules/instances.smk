@@ -39,6 +39,7 @@ rule extract_instances:
         ),
     params:
         slide=get_slide_path,
+        slide_identity=get_slide_identity,
         options=config["instances"],
     script:
         "../../scripts/extract_instances.py"

@@ -33,6 +33,8 @@ rule mask_tissue:
     params:
         slide=get_slide_path,
         user_mask=get_user_mask_path,
+        slide_identity=get_slide_identity,
+        user_mask_identity=get_user_mask_identity,
         mpp=get_sample_mpp,
         options=config["mask"],
     script:

@@ -52,6 +52,7 @@ rule render_heatmap:
         mem_mb=1500,
     params:
         slide=get_slide_path,
+        slide_identity=get_slide_identity,
         mpp=get_sample_mpp,
     script:
         "../../scripts/render_heatmap.py"

@@ -47,6 +47,8 @@ rule infer_tiles:
         gpu=1,
     params:
         slide=get_slide_path,
+        slide_identity=get_slide_identity,
+        model_identity=files_identity(model_files(config["tiles"]["model"])),
         mpp=get_sample_mpp,
         options=config["tiles"],
         mask_options=config["mask"],

@@ -18,6 +18,7 @@ from histoflow.config import schema_defaults
 from histoflow.inference import core
 from histoflow.inference.grid import PatchGrid, make_grid
 from histoflow.io.raw_zarr import RawZarrWriter
+from histoflow.manifest.fingerprint import identity
 from histoflow.models.card import ModelCard
 from histoflow.models.loader import outputs_by_head
 from histoflow.slide import Slide, open_slide
@@ -147,7 +148,8 @@ def run(
 ) -> PatchGrid:
     """Predict every tissue patch of one slide into raw.zarr at `out_path`; returns the grid.
 
-    A partial store left by an interrupted run with the same grid and options is resumed.
+    A partial store left by an interrupted run with the same slide (size, mtime, content
+    hash), grid and options is resumed; any other partial store is discarded.
     """
     device = core.pick_device(opts.device, "inference.device")
     core.prepare_process(device)
@@ -164,6 +166,7 @@ def run(
         dtype=opts.dtype,
         chunk_patches=opts.chunk_patches,
         background=True,
+        inputs={"slide": identity(slide_path)},
     )
     log.info(
         "%d patches (grid %dx%d, stride %s) at %.3f µm/px, %d to compute",

@@ -5,7 +5,9 @@ and its one reader.
 and renames it onto its final path only when complete. Patches are buffered and
 written one whole chunk (`chunk_patches` patches) at a time; after each chunk the
 `written` attribute records how many patches are safely on disk, so a killed job can
-resume from there when the run's fingerprint (grid, model, options) is unchanged. With
+resume from there when the run's fingerprint (grid, model, options, and `inputs`: the
+identity of the slide, histoflow.manifest.fingerprint.identity) is unchanged, so a
+resume never mixes two slides. With
 `background=True` chunks are compressed and written by one thread while the next
 batches compute; at most two chunks wait in its queue, so memory stays bounded.
 
@@ -53,10 +55,11 @@ def partial_path(final: str | os.PathLike) -> Path:
     return final.with_name(f".{final.name}.partial")
 
 
-def _fingerprint(boxes: np.ndarray, attrs: dict, dtype: str, chunk: int) -> str:
-    digest = hashlib.sha256(
-        json.dumps({"attrs": attrs, "dtype": dtype, "chunk": chunk}, sort_keys=True).encode()
-    )
+def _fingerprint(
+    boxes: np.ndarray, attrs: dict, dtype: str, chunk: int, inputs: dict | None
+) -> str:
+    record = {"attrs": attrs, "dtype": dtype, "chunk": chunk, "inputs": inputs}
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode())
     digest.update(np.ascontiguousarray(boxes, np.int64).tobytes())
     return digest.hexdigest()
 
@@ -76,13 +79,14 @@ class RawZarrWriter:
         chunk_patches: int = 64,
         resume: bool = True,
         background: bool = False,
+        inputs: dict | None = None,
     ):
         self.final = Path(final)
         self.path = partial_path(final)
         self.n = len(boxes)
         self.chunk = max(1, int(chunk_patches))
         self.heads = heads
-        fingerprint = _fingerprint(boxes, attrs, dtype, self.chunk)
+        fingerprint = _fingerprint(boxes, attrs, dtype, self.chunk, inputs)
         self.written = 0
         if resume and self.path.exists():
             self.written = self._resume_point(fingerprint)

@@ -16,7 +16,7 @@ timestamps; `python -m histoflow.manifest compare OLD NEW` runs it.
 
 from histoflow.manifest.benchmarks import read_benchmark, rule_timings
 from histoflow.manifest.compare import compare_trees
-from histoflow.manifest.fingerprint import fingerprint
+from histoflow.manifest.fingerprint import fingerprint, identity
 from histoflow.manifest.provenance import build_manifest, write_json
 from histoflow.manifest.run_record import build_run_info
 from histoflow.manifest.sheet import sheet_record
@@ -26,6 +26,7 @@ __all__ = [
     "build_run_info",
     "compare_trees",
     "fingerprint",
+    "identity",
     "read_benchmark",
     "rule_timings",
     "sheet_record",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 from pathlib import Path
 
@@ -37,4 +39,40 @@ def fingerprint(path: str | os.PathLike | None, method: str = "sha256") -> dict 
             "bytes": sum(p.stat().st_size for p in companion.rglob("*") if p.is_file()),
             "sha256": tree_digest(companion, hasher),
         }
+    return record
+
+
+# Inputs up to this size are hashed in full for their identity; larger ones by size and
+# both ends (fast_sha256), so that building the DAG of a cohort of whole slides stays
+# cheap. Size and mtime are part of the identity either way.
+FULL_HASH_LIMIT = 64 << 20
+
+
+def identity(path: str | os.PathLike | None) -> dict | None:
+    """Who a file is: size, mtime (ns) and a content hash (`sha256` under
+    FULL_HASH_LIMIT bytes, else `fast`). Equal identities mean the same file contents;
+    a replaced file differs whatever its mtime (a restored backup, `cp -p`).
+
+    Used as the rerun trigger of the rules that read the file and in the fingerprint
+    of resumable stores. Cached per (path, size, mtime, inode) within a process.
+    """
+    if not path:
+        return None
+    path = Path(path)
+    st = path.stat()
+    method = "sha256" if st.st_size <= FULL_HASH_LIMIT else "fast"
+    key = (str(path), method, st.st_mtime_ns, st.st_size, st.st_ino)
+    return copy.deepcopy(_identity(key))
+
+
+@functools.lru_cache(maxsize=4096)
+def _identity(key: tuple) -> dict:
+    # The size and inode are only in the key: a changed file is hashed again.
+    path, method, mtime_ns = key[:3]
+    record = fingerprint(path, method)
+    record["mtime_ns"] = mtime_ns
+    companion = record.get("companion")
+    if companion:
+        files = [p for p in Path(companion["path"]).rglob("*") if p.is_file()]
+        companion["mtime_ns"] = max((p.stat().st_mtime_ns for p in files), default=0)
     return record
