@@ -217,3 +217,16 @@ def test_list_shows_every_card_with_licence_and_how_to_get_weights():
         assert f"python -m histoflow.models fetch {name}" in block
     assert "Non-Neoplastic Epithelial" in out and "layers: Background, Other Tissue" in out
     assert "builtin:hed_nuclei" in out
+
+
+def test_readme_models_table_lists_every_card_with_its_licence():
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("\n## Models\n")[1].split("\n## ")[0]
+    lines = [line for line in section.splitlines() if line.startswith("| `")]
+    rows = {line.split("|")[1].strip(" `"): line for line in lines}
+    assert sorted(rows) == [f"builtin:{n}" for n in builtin_names()]
+    for name in HOVERNET_CARDS:
+        card = load_card(f"builtin:{name}").card
+        assert f"| {card['licence']} |" in rows[f"builtin:{name}"]
+        assert f"| {card['mpp']:g} |" in rows[f"builtin:{name}"]
+        assert f"python -m histoflow.models fetch {name}" in rows[f"builtin:{name}"]
