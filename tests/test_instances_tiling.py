@@ -217,10 +217,10 @@ def test_object_larger_than_the_margin(tmp_path):
     assert not shapely.intersects(tiled, seam_object).any()  # no fragment of it either
 
 
-def test_hovernet_tiled_equals_whole_map_and_votes_types(tmp_path):
+def test_hovernet_fixed_tiled_equals_whole_map_and_votes_types(tmp_path):
     heads = {"np": "probability", "hv": "hv", "tp": "type"}
     card = sm.card(
-        "hovernet",
+        "hovernet_fixed",
         heads,
         classes=("Background", "Tumour", "Lymphocyte"),
         params={"min_area_um2": 2.0},

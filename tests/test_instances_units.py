@@ -102,7 +102,9 @@ def test_small_holes_filled_but_not_pockets_open_at_the_border():
 
 def test_class_vote_ignores_background_unless_alone():
     (task,) = tasks_from_card(
-        sm.card("hovernet", {"np": "probability", "hv": "hv", "tp": "type"}, ("Bg", "A", "B")),
+        sm.card(
+            "hovernet_fixed", {"np": "probability", "hv": "hv", "tp": "type"}, ("Bg", "A", "B")
+        ),
         {"np": 1, "hv": 2, "tp": 3},
         0.5,
     )

@@ -19,9 +19,10 @@ probabilities (H, W, C) in, an int32 label image and per-instance type and proba
 
 OpenCV is not used: its Sobel kernels (getDerivKernels), 3x3 Gaussian, 5x5 ellipse and
 default borders (BORDER_REFLECT_101 for filters; erosion/dilation ignore the outside)
-are rebuilt with numpy/scipy. Because steps 2 and 5 normalise by window statistics, the
-result for a pixel depends on the whole window, as it does in TIAToolbox; a tiling must
-give each tile the card's margin (objects owned by the tile's core) to match whole maps.
+are rebuilt with numpy/scipy. Because step 2 normalises by window statistics, the result
+for a pixel depends on the whole window, as it does in TIAToolbox; a tiling passes the
+whole map's extremes (`HoverStats`) to every tile instead, so that the energy of a pixel
+depends only on the `ksize // 2` pixels around it and tiles agree with a whole-map pass.
 """
 
 from __future__ import annotations
@@ -49,10 +50,13 @@ class HoverParams:
     open_size: int = 5
 
     @classmethod
-    def scaled(cls, scale_factor: float) -> HoverParams:
-        """TIAToolbox's resolution scaling: ksize = int(20 s + 1), markers ceil(10 s^2)."""
+    def scaled(cls, scale_factor: float, **others) -> HoverParams:
+        """TIAToolbox's resolution scaling: ksize = int(20 s + 1), markers ceil(10 s^2);
+        `others` set the remaining fields."""
         return cls(
-            ksize=int(20 * scale_factor + 1), min_marker_size=math.ceil(10 * scale_factor**2)
+            ksize=int(20 * scale_factor + 1),
+            min_marker_size=math.ceil(10 * scale_factor**2),
+            **others,
         )
 
 
@@ -71,10 +75,24 @@ class HoverInstances:
         return int(self.labels.max(initial=0))
 
 
-def minmax(a: np.ndarray) -> np.ndarray:
-    """OpenCV NORM_MINMAX to [0, 1] as float32 (a constant array becomes all 0)."""
+@dataclass(frozen=True)
+class HoverStats:
+    """The extremes step 2 normalises by, when they are not the window's own: (lo, hi)
+    of the horizontal and vertical maps, then of their Sobel derivatives. A tiling takes
+    them over the whole map, so every tile computes the energy a whole-map pass would."""
+
+    h: tuple[float, float]
+    v: tuple[float, float]
+    dh: tuple[float, float]
+    dv: tuple[float, float]
+
+
+def minmax(a: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    """OpenCV NORM_MINMAX to [0, 1] as float32 (a constant array becomes all 0), by the
+    array's own extremes or by given ones."""
     a = np.asarray(a, np.float64)
-    lo, hi = float(a.min()), float(a.max())
+    lo = float(a.min()) if lo is None else float(lo)
+    hi = float(a.max()) if hi is None else float(hi)
     scale = 1.0 / (hi - lo) if hi - lo > np.finfo(np.float64).eps else 0.0
     return ((a - lo) * scale).astype(np.float32)
 
@@ -138,11 +156,26 @@ def foreground_blobs(prob: np.ndarray, params: HoverParams) -> np.ndarray:
     return remove_small(blobs, params.min_blob_size) > 0
 
 
-def energy_map(hv: np.ndarray, fg: np.ndarray, ksize: int) -> np.ndarray:
+def gradients(
+    hv: np.ndarray, ksize: int, stats: HoverStats | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sobel derivatives of the normalised horizontal (along x) and vertical (along y)
+    maps (float64), normalised by `stats` or by the window's own extremes."""
+    h_ext = stats.h if stats is not None else (None, None)
+    v_ext = stats.v if stats is not None else (None, None)
+    dh = sobel(minmax(hv[..., 0], *h_ext), axis=1, ksize=ksize)
+    dv = sobel(minmax(hv[..., 1], *v_ext), axis=0, ksize=ksize)
+    return dh, dv
+
+
+def energy_map(
+    hv: np.ndarray, fg: np.ndarray, ksize: int, stats: HoverStats | None = None
+) -> np.ndarray:
     """Step 2: float32 energy, high across boundaries, 0 outside the foreground."""
-    dh = sobel(minmax(hv[..., 0]), axis=1, ksize=ksize)
-    dv = sobel(minmax(hv[..., 1]), axis=0, ksize=ksize)
-    energy = np.maximum(1.0 - minmax(dh), 1.0 - minmax(dv))
+    dh, dv = gradients(hv, ksize, stats)
+    dh_ext = stats.dh if stats is not None else (None, None)
+    dv_ext = stats.dv if stats is not None else (None, None)
+    energy = np.maximum(1.0 - minmax(dh, *dh_ext), 1.0 - minmax(dv, *dv_ext))
     return np.where(fg, energy, 0.0).astype(np.float32)
 
 
@@ -156,7 +189,10 @@ def markers(fg: np.ndarray, energy: np.ndarray, params: HoverParams) -> np.ndarr
 
 
 def hovernet_labels(
-    np_prob: np.ndarray, hv: np.ndarray, params: HoverParams | None = None
+    np_prob: np.ndarray,
+    hv: np.ndarray,
+    params: HoverParams | None = None,
+    stats: HoverStats | None = None,
 ) -> np.ndarray:
     """Steps 1-4: the int32 label image (0 background, instances numbered 1..n).
 
@@ -165,13 +201,14 @@ def hovernet_labels(
             (the last channel is the nucleus).
         hv: (H, W, 2) horizontal (x) and vertical (y) maps of the hv head.
         params: thresholds and sizes; the published ones by default.
+        stats: extremes to normalise by (a tile of a larger map); None: the window's.
     """
     params = params or HoverParams()
     np_prob = np.asarray(np_prob)
     fg = foreground_blobs(np_prob[..., -1] if np_prob.ndim == 3 else np_prob, params)
     if not fg.any():
         return np.zeros(fg.shape, np.int32)
-    energy = energy_map(np.asarray(hv), fg, params.ksize)
+    energy = energy_map(np.asarray(hv), fg, params.ksize, stats)
     dist = -gaussian3((1.0 - energy.astype(np.float64)) * fg)
     labels = watershed(dist, markers=markers(fg, energy, params), mask=fg)
     return _renumber(labels)

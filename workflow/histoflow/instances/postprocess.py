@@ -5,8 +5,10 @@ filter footprint, a hole no larger than `min_area`, a Gaussian truncated at 4 si
 except the watershed flood, which stays inside one foreground cluster; `Task.halo`
 states that reach, so the tiling can keep only objects whose result cannot depend on
 what lies outside the window. For the same reason nothing is normalised by window
-statistics (HoVer-Net's min-max normalisation of the hv gradients is replaced by a
-fixed gradient threshold: hv maps are in [-1, 1] by construction).
+statistics in `hovernet_fixed` (HoVer-Net's min-max normalisation of the hv gradients
+is replaced by a fixed gradient threshold: hv maps are in [-1, 1] by construction).
+Method `hovernet` is the published algorithm (`hovernet_published`), which normalises
+by window statistics; the tiling gives it the card's margin so that tiles agree.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from scipy import ndimage as ndi
 from skimage.morphology import disk
 from skimage.segmentation import watershed
 
+from histoflow.instances import hovernet_published
 from histoflow.instances.tasks import Task
 
 EIGHT = np.ones((3, 3), bool)
@@ -85,11 +88,11 @@ def watershed_labels(prob: np.ndarray, energy: np.ndarray, task: Task) -> np.nda
     return _finish(labels.astype(np.int32, copy=False), fg, n, task)
 
 
-def hovernet_labels(prob: np.ndarray, hv: np.ndarray, task: Task) -> np.ndarray:
-    """HoVer-Net post-processing: where the horizontal map falls along x or the
-    vertical map falls along y, a boundary (between nuclei, or an outer edge) lies;
-    foreground away from boundaries, opened, gives the markers; flood inside the
-    foreground from them."""
+def hovernet_fixed_labels(prob: np.ndarray, hv: np.ndarray, task: Task) -> np.ndarray:
+    """HoVer-Net-like post-processing with a fixed gradient threshold: where the
+    horizontal map falls along x or the vertical map falls along y, a boundary (between
+    nuclei, or an outer edge) lies; foreground away from boundaries, opened, gives the
+    markers; flood inside the foreground from them."""
     p, px = task.params, task.px
     fg = foreground(prob) >= p["threshold"]
     if p["fill_holes"]:
@@ -129,13 +132,16 @@ def classify(
 
     Without a type head: class 0 and the mean foreground probability. With one: the
     class most pixels vote for (arg-max of the type head; HoVer-Net's rule: background
-    wins only if nothing else was voted) and its mean probability over the object.
+    wins only if nothing else was voted) and its mean probability over the object;
+    for method `hovernet`, as published, the winner's share of the votes instead.
     """
     idx = labels.ravel()
     area = np.maximum(np.bincount(idx, minlength=n + 1)[1:], 1)
     if types is None:
         mean = np.bincount(idx, weights=foreground(prob).ravel(), minlength=n + 1)[1:] / area
         return np.zeros(n, np.int32), mean.astype(np.float32)
+    if task.method == "hovernet":
+        return hovernet_published.vote_types(labels, types.argmax(axis=-1))
     c = types.shape[-1]
     flat = types.reshape(-1, c)
     votes = np.bincount(idx * c + flat.argmax(axis=1), minlength=(n + 1) * c)
@@ -169,5 +175,9 @@ def instance_labels(task: Task, maps: dict[str, np.ndarray]) -> np.ndarray:
     if task.method == "watershed":
         return watershed_labels(maps[h["probability"]], maps[h["energy"]], task)
     if task.method == "hovernet":
-        return hovernet_labels(maps[h["probability"]], maps[h["hv"]], task)
+        return hovernet_published.hovernet_labels(
+            maps[h["probability"]], maps[h["hv"]], task.hover_params(), task.hover_stats
+        )
+    if task.method == "hovernet_fixed":
+        return hovernet_fixed_labels(maps[h["probability"]], maps[h["hv"]], task)
     raise ValueError(f"task '{task.name}': {task.method} does not produce instances")

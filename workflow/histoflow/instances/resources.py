@@ -18,11 +18,13 @@ def estimate_mem_mb(maps_path: str | Path, cfg: dict, workers: int) -> int:
     A maps.zarr that exists but cannot be read is an error naming the file."""
     # Imported here: the Snakefile imports this module at parse time, and the store's
     # reader pulls in zarr.
+    from histoflow.instances.options import InstancesOptions
     from histoflow.io.maps_zarr import read_maps_attrs
 
-    th, tw = (int(v) for v in cfg["tile_shape"])
-    m = int(cfg["margin"])
     attrs = read_maps_attrs(maps_path)
+    opts = InstancesOptions.from_config(cfg).for_card({} if attrs is None else attrs["model"])
+    th, tw = opts.tile_shape
+    m = opts.margin
     if attrs is None:
         width, channels = DRY_RUN_TILES_WIDE * tw, 2
     else:

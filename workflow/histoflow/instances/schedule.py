@@ -50,6 +50,7 @@ def _check_margin(margin: int, tile_shape: tuple[int, int], need: int, tiled: bo
 def plan_tiles(maps: MapsZarr, tasks: list[Task], options: InstancesOptions) -> TilePlan:
     """The grid for `options`, checked against the tasks' reach; one tile if untiled."""
     H, W = maps.shape
+    options = options.for_card(maps.attrs["model"])
     if options.tile_shape is None:
         tile_shape, margin = (H, W), 0
     else:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from histoflow.instances.assemble import Assembly, create_classmap
+from histoflow.instances.normalise import with_hover_stats
 from histoflow.instances.options import InstancesOptions
 from histoflow.instances.schedule import TilePlan, make_executor, plan_tiles, progress, run_tiles
 from histoflow.instances.tasks import Task, tasks_from_card
@@ -143,6 +144,7 @@ def extract(
         maps = open_maps(maps_path)
         tasks = tasks_from_card(maps.attrs["model"], maps.channels, maps.mpp)
         plan = plan_tiles(maps, tasks, options)
+        tasks = with_hover_stats(maps, tasks, plan)
         _log_plan(maps, tasks, plan, options.workers)
         per_task, asm, t_tiles = _assemble(maps, tasks, plan, executor, classmap_path)
     finally:

@@ -7,12 +7,14 @@ import math
 from dataclasses import dataclass, field
 
 from histoflow.errors import ModelError
+from histoflow.instances.hovernet_published import HoverParams, HoverStats
 
 # Head roles each method needs (required, optional).
 ROLES = {
     "semantic": ({"probability"}, set()),
     "watershed": ({"probability", "energy"}, {"type"}),
     "hovernet": ({"probability", "hv"}, {"type"}),
+    "hovernet_fixed": ({"probability", "hv"}, {"type"}),
 }
 
 # Parameters each method accepts, with defaults. Lengths in µm, areas in µm².
@@ -34,7 +36,17 @@ DEFAULTS = {
         "background_class": None,  # type-head channel never voted for (HoVer-Net: 0)
         "simplify_px": 0.0,  # outline simplification tolerance, model pixels (0: exact)
     },
+    # The published algorithm (`hovernet_published`); sizes in model pixels, as published.
     "hovernet": {
+        "threshold": 0.5,  # foreground: nucleus probability >= threshold
+        "energy_threshold": 0.4,  # markers: foreground where the energy is below this
+        # Resolution factor of the published sizes: Sobel kernel int(20 s + 1) px, markers
+        # and blobs of at least ceil(10 s^2) px (TIAToolbox runs HoVer-Net+ at 0.5).
+        "scale_factor": 1.0,
+        "simplify_px": 0.0,
+    },
+    # histoflow's earlier variant: a fixed gradient threshold, no window statistics.
+    "hovernet_fixed": {
         "threshold": 0.5,
         "min_area_um2": 10.0,
         "max_area_um2": None,
@@ -60,6 +72,8 @@ class Task:
     classes: list[dict]  # [{name, color}], index = class_id
     mpp: float
     px: dict = field(default_factory=dict)  # derived sizes in model pixels
+    # hovernet: the whole map's extremes to normalise by (None: each window's own)
+    hover_stats: HoverStats | None = None
 
     @property
     def kind(self) -> str:
@@ -74,9 +88,22 @@ class Task:
             # scipy truncates Gaussians at 4 sigma
             return p["min_distance"] + math.ceil(4 * p["smooth_sigma"]) + 1
         if self.method == "hovernet":
+            # Sobel kernel (ksize // 2), marker opening (2 radii), 3x3 blur, plus one
+            hover = self.hover_params()
+            return hover.ksize // 2 + 2 * (hover.open_size // 2) + 2
+        if self.method == "hovernet_fixed":
             # gradients (4 sigma), marker opening (2 radii), surface blur (4 px)
             return math.ceil(4 * self.params["gradient_sigma_px"]) + 2 * p["marker_radius"] + 5
         return 1
+
+    def hover_params(self) -> HoverParams:
+        """The published post-processing's parameters (method `hovernet`)."""
+        p = self.params
+        return HoverParams.scaled(
+            float(p["scale_factor"]),
+            threshold=float(p["threshold"]),
+            energy_threshold=float(p["energy_threshold"]),
+        )
 
 
 def _px(method: str, params: dict, mpp: float) -> dict:
@@ -89,7 +116,7 @@ def _px(method: str, params: dict, mpp: float) -> dict:
     if method == "watershed":
         px["min_distance"] = max(1, round(float(params["min_distance_um"]) / mpp))
         px["smooth_sigma"] = float(params["smooth_um"]) / mpp
-    if method == "hovernet":
+    if method == "hovernet_fixed":
         px["marker_radius"] = int(params["marker_radius_px"])
     return px
 
@@ -163,10 +190,22 @@ def _checked_params(entry: dict, where: str, classes: list[dict]) -> dict:
     ignored = set(params.get("ignore_classes") or [])
     if ignored - {c["name"] for c in classes}:
         raise ModelError(f"{where}.params.ignore_classes: {sorted(ignored)} not all classes")
+    if method == "hovernet":
+        _check_hover(params, where)
     bg = params.get("background_class")
     if bg is not None and not 0 <= int(bg) < len(classes):
         raise ModelError(f"{where}.params.background_class: {bg} is not a class index")
     return params
+
+
+def _check_hover(params: dict, where: str) -> None:
+    s = params["scale_factor"]
+    ksize = int(20 * float(s) + 1) if isinstance(s, int | float) and s > 0 else 0
+    if ksize < 3 or ksize % 2 == 0:
+        raise ModelError(
+            f"{where}.params.scale_factor: {s} gives a Sobel kernel of {ksize} px; "
+            "int(20 * scale_factor + 1) must be odd and at least 3 (e.g. 1.0, 0.5, 0.25)"
+        )
 
 
 def _task(entry: dict, where: str, name: str, channels: dict[str, int], mpp: float) -> Task:
