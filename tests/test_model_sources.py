@@ -9,11 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+import zarr
+from conftest import run_workflow
 from histoflow.errors import ModelError
 from histoflow.hashing import sha256_file
 from histoflow.models.card import load_card, load_dense_card
 from histoflow.models.hovernet import MODES, HoVerNet, to_published
 from histoflow.models.loader import ARCHITECTURES, build_model, load_model
+from histoflow.slide import open_slide
+from PIL import Image
 
 # TIAToolbox 2.1.3 pretrained_model.yaml: mpp, patch in, patch out (= stride), tile, margin
 PUBLISHED_IO = {
@@ -208,3 +212,38 @@ def test_entrypoint_module_raising_on_import_is_one_error(tmp_path, body, kind):
     assert "\n" not in message
     assert info.value.__suppress_context__  # one error, not a chained traceback
     assert str(tmp_path) not in sys.path
+
+
+# ---- through the workflow ----
+
+
+@pytest.mark.e2e
+def test_builtin_card_with_weights_through_infer_rule(tmp_path, demo_slide):
+    """model.weights reaches the job and its sha256 the provenance; a new file reruns
+    inference; a HoVer-Net card without weights fails the job naming the field."""
+    with open_slide(demo_slide) as slide:  # one patch of the demo slide at 0.5 µm/px
+        Image.fromarray(slide.read_region(800, 1000, 164, 164, 0.5)).save(tmp_path / "c.png")
+    samples = [{"sample": "crop", "path": str(tmp_path / "c.png"), "mpp": 0.5}]
+    weights = published_checkpoint("hovernetplus-oed", tmp_path / "oed.pth")
+    config = {
+        "stages": ["infer"],
+        "model": {"card": "builtin:hovernetplus-oed", "weights": str(weights)},
+        "inference": {"min_tissue_fraction": 0.0, "batch_size": 4},
+    }
+    run = tmp_path / "run"
+    run_workflow(run, samples=samples, config=config)
+    attrs = dict(zarr.open_group(str(run / "results/crop/infer/raw.zarr"), mode="r").attrs)
+    assert attrs["weights_sha256"] == sha256_file(weights)
+    assert attrs["model"]["name"] == "hovernetplus-oed" and attrs["stride"] == [164, 164]
+    assert [h["name"] for h in attrs["heads"]] == ["np", "hv", "tp", "ls"]
+    # Other weights in the same file: inference reruns and records the new hash.
+    state = torch.load(weights, weights_only=True)
+    state["conv0./.weight"] = state["conv0./.weight"] * 0.5
+    torch.save(state, weights)
+    run_workflow(run, samples=samples, config=config)
+    attrs = dict(zarr.open_group(str(run / "results/crop/infer/raw.zarr"), mode="r").attrs)
+    assert attrs["weights_sha256"] == sha256_file(weights)
+    config["model"] = {"card": "builtin:hovernetplus-oed"}
+    proc = run_workflow(tmp_path / "none", samples=samples, config=config, check=False)
+    assert proc.returncode != 0
+    assert "'hovernetplus-oed'" in proc.stdout and "config field 'model.weights'" in proc.stdout
