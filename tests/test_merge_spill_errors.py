@@ -2,11 +2,10 @@
 one message naming the directory, and leaves no maps behind."""
 
 import errno
-import tempfile
 
 import pytest
 from histoflow import merge
-from histoflow.merge import MergeOptions
+from histoflow.merge import MergeOptions, memory
 from histoflow.merge.memory import SpillCache, SpillError
 from histoflow.synthetic.raw import write_synthetic_raw
 
@@ -22,7 +21,7 @@ def test_spill_disk_full(tmp_path, monkeypatch):
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(tempfile, "mkdtemp", full)
+    monkeypatch.setattr(memory, "make_job_dir", full)
     with pytest.raises(SpillError, match="No space left on device"):
         SpillCache(str(tmp_path)).new_dir()
 

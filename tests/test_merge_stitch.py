@@ -222,7 +222,7 @@ def test_output_layout_and_attributes(tmp_path):
     assert group.attrs["band_rows"] == 20
     for key, value in src.attrs.items():
         assert group.attrs[key] == value, key
-    assert not list(tmp_path.glob(".maps.zarr.tmp-*"))
+    assert not list(tmp_path.glob(".maps.zarr.*tmp*"))
 
 
 def test_default_band_rows_is_the_vertical_stride(tmp_path):
@@ -306,7 +306,7 @@ def test_failure_removes_cache_and_leaves_no_output(tmp_path, monkeypatch):
     assert calls["n"] > 40
     assert list(spill_tmp.iterdir()) == []
     assert not (tmp_path / "maps.zarr").exists()
-    assert not list(tmp_path.glob(".maps.zarr.tmp-*"))
+    assert not list(tmp_path.glob(".maps.zarr.*tmp*"))
 
 
 def test_grid_not_row_major_is_rejected_with_file_name(tmp_path):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,7 @@ from histoflow.config import schema_defaults
 from histoflow.export import ExportError
 from histoflow.export.dense import tile_rows
 from histoflow.export.instances import parse_color
-from histoflow.io.atomic import atomic_output
+from histoflow.io.atomic import atomic_output, job_dir
 from histoflow.io.maps_zarr import open_maps
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,16 @@ def ome_metadata(sample: str, attrs: dict, channels: list[Channel], dtype: str) 
     return metadata
 
 
+def _anonymous_memmap(path: Path, dtype: str, shape) -> np.ndarray:
+    """A disk-backed array whose file is unlinked at once where the OS allows it (POSIX):
+    the mapping keeps the space until the array is released or the process dies, so a
+    killed export leaves no level file behind."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    if os.name == "posix":
+        path.unlink()
+    return array
+
+
 class _Pyramid:
     """The tiles of every level in TIFF order; each level's pixels spill to .npy
     memmaps under `spill_dir`, from which the next level is pooled."""
@@ -171,9 +181,7 @@ class _Pyramid:
         self.band = -(-tile_rows(maps) // tile) * tile  # whole tiles: pooling stays aligned
         self.spills: dict[int, list[np.ndarray]] = {
             level: [
-                np.lib.format.open_memmap(
-                    spill_dir / f"level{level}-c{i}.npy", mode="w+", dtype=dtype, shape=shape
-                )
+                _anonymous_memmap(spill_dir / f"level{level}-c{i}.npy", dtype, shape)
                 for i in range(len(channels))
             ]
             for level, shape in enumerate(shapes)
@@ -278,7 +286,7 @@ def export_ometiff(
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with (
-        tempfile.TemporaryDirectory(dir=tmpdir, prefix=f"histoflow-{sample}-levels-") as td,
+        job_dir("levels", sample, tmpdir) as td,
         atomic_output(out_path) as tmp,
         tifffile.TiffWriter(tmp, bigtiff=bigtiff, ome=True) as tif,
     ):

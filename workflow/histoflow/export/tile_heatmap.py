@@ -15,7 +15,6 @@ row between them (both files).
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from PIL import Image
 
 from histoflow.errors import HistoflowError
 from histoflow.export.instances import parse_color
-from histoflow.io.atomic import atomic_output
+from histoflow.io.atomic import atomic_output, job_dir
 from histoflow.io.maps_zarr import COVERAGE, MapsZarrWriter
 from histoflow.merge.canvas import Region
 from histoflow.tiles.strategies import read_grid_map
@@ -58,7 +57,7 @@ def export_tile_ometiff(map_path, out_path, sample: str, tmpdir=None) -> None:
         # The export writer takes class names and colours from a post-processing task.
         "model": {"postprocess": [{"heads": {"probability": "scores"}, "classes": classes}]},
     }
-    with tempfile.TemporaryDirectory(dir=tmpdir, prefix=f"histoflow-{sample}-grid-") as td:
+    with job_dir("grid", sample, tmpdir) as td:
         _write_maps(Path(td) / "maps.zarr", scores, coverage, maps_attrs)
         export_ometiff(Path(td) / "maps.zarr", out_path, sample, tmpdir=td)
 

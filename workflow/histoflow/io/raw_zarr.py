@@ -35,6 +35,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from histoflow.errors import HistoflowError
+from histoflow.io.atomic import kill_point
 from histoflow.io.zarr_attrs import read_group_attrs
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,7 @@ class RawZarrWriter:
         # Only after the chunk's data is on disk: a kill between the two loses the chunk,
         # never records data that is not there.
         self.group.attrs["written"] = self.written
+        kill_point(self.final.name)  # test hook: a kill part way (io/atomic.py)
 
     def _drain(self) -> None:
         while (item := self._queue.get()) is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 
 from histoflow.errors import HistoflowError
+from histoflow.io.atomic import make_job_dir
 
 MB = 1024 * 1024
 
@@ -72,10 +73,13 @@ class SpillError(HistoflowError):
 
 class SpillCache:
     """Directory for spilled accumulators under the job's temporary directory, made on
-    first use and removed by `cleanup()` (called on success and on failure)."""
+    first use and removed by `cleanup()` (called on success and on failure). It is a
+    job folder (histoflow.io.atomic.make_job_dir) of `sample`, so the next merge of the
+    sample removes what a killed one left."""
 
-    def __init__(self, tmpdir: str | None = None):
+    def __init__(self, tmpdir: str | None = None, sample: str | None = None):
         self.tmpdir = tmpdir
+        self.sample = sample
         self.root: Path | None = None
         self._n = 0
 
@@ -83,7 +87,7 @@ class SpillCache:
         """A fresh path for one spilled canvas (the cache is made on first use)."""
         if self.root is None:
             try:
-                self.root = Path(tempfile.mkdtemp(prefix="histoflow-merge-", dir=self.tmpdir))
+                self.root = make_job_dir("merge", self.sample, self.tmpdir)
             except OSError as exc:
                 where = self.tmpdir or tempfile.gettempdir()
                 raise SpillError(

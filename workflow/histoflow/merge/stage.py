@@ -95,7 +95,7 @@ def run(
     check_coverage_fits(raw)
     stats = MergeStats(band_rows=options.band_rows or default_band_rows(raw.attrs, raw.patch_shape))
     policy = MemoryPolicy(options.memory_percent, options.memory_cap_mb)
-    cache = SpillCache(tmpdir)
+    cache = SpillCache(tmpdir, raw.attrs.get("sample"))
     _log_start(raw, stats.band_rows, policy)
     try:
         with (
