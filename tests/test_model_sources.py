@@ -170,6 +170,30 @@ def test_exported_program_loads_as_a_source(tmp_path):
     assert not model.training
 
 
+def test_exported_program_loads_as_a_tile_model(tmp_path):
+    from histoflow.tiles.model import build_tile_model, load_tile_card, model_files
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1))
+    model = torch.nn.Sequential(model, torch.nn.Flatten()).eval()
+    batch = torch.export.Dim("batch", min=1, max=256)
+    program = torch.export.export(model, (torch.rand(2, 3, 16, 16),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(tmp_path / "t.pt2"))
+    card = {
+        "name": "tiny_tiles",
+        "kind": "tile",
+        "mpp": 1.0,
+        "patch_input": [16, 16],
+        "output": {"dim": 4, "type": "embedding"},
+        "source": {"export": "t.pt2"},
+    }
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(card))
+    tiles = build_tile_model(load_tile_card(tmp_path / "t.yaml"))
+    x = torch.rand(3, 3, 16, 16)
+    with torch.inference_mode():
+        assert torch.allclose(tiles(x), model(x), atol=1e-6)
+    assert model_files(str(tmp_path / "t.yaml"))[1] == str(tmp_path / "t.pt2")
+
+
 def test_corrupt_exported_program_names_the_field(tmp_path):
     (tmp_path / "bad.pt2").write_bytes(b"not a zip")
     path = tmp_path / "bad.yaml"

@@ -7,7 +7,7 @@ D values are: `output.type` `classifier` with `classes`, or `embedding` (optiona
 `.output` (Ensembl IDs). See workflow/CONTRACTS.md.
 
 Sources: `builtin` (histoflow.tiles.default_model, no weights; cards in tiles/cards/),
-`torchscript` and `entrypoint` (+ `weights`), built by the models package's loader
+`torchscript`, `export` (.pt2) and `entrypoint` (+ `weights`), built by the models package's loader
 (no pickle, no downloads).
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from histoflow.errors import ModelError
-from histoflow.models.card import ModelCard, read_card, resolve_card_path
+from histoflow.models.card import MODEL_FILES, SOURCES, ModelCard, read_card, resolve_card_path
 
 CARDS = Path(__file__).resolve().parent / "cards"
 
@@ -104,10 +104,10 @@ def _check_tile_card(card: dict, path: Path) -> None:
     ):
         if values is not None and len(values) != dim:
             raise _fail(path, f"output.{field}", f"needs {dim} entries, got {len(values)}")
-    sources = [k for k in ("builtin", "torchscript", "entrypoint") if k in card["source"]]
+    sources = [k for k in SOURCES if k in card["source"]]
     if len(sources) != 1:
-        raise _fail(path, "source", "give exactly one of builtin, torchscript, entrypoint")
-    for key in ("torchscript", "weights"):
+        raise _fail(path, "source", f"give exactly one of {', '.join(SOURCES)}")
+    for key in MODEL_FILES:
         value = card["source"].get(key)
         if value and not (path.parent / value).is_file():
             raise _fail(path, f"source.{key}", f"file '{value}' not found")
@@ -174,7 +174,7 @@ def model_files(spec: str) -> list[str]:
     files = [str(card)]
     try:
         source = (yaml.safe_load(card.read_text()) or {}).get("source") or {}
-        rel = source.get("torchscript") or source.get("weights")
+        rel = source.get("torchscript") or source.get("export") or source.get("weights")
     except (yaml.YAMLError, AttributeError):
         rel = None
     if isinstance(rel, str) and (card.parent / rel).is_file():
