@@ -43,7 +43,7 @@ class Server:
     """A bounded local file server: `cut_after` bytes end the next response early."""
 
     def __init__(self, body: bytes):
-        self.body, self.cut_after, self.ranges = body, None, []
+        self.body, self.cut_after, self.ranges, self.honour_range = body, None, [], True
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -53,7 +53,7 @@ class Server:
                 start, status = 0, 200
                 header = self.headers.get("Range")
                 server.ranges.append(header)
-                if header:
+                if header and server.honour_range:
                     start, status = int(header.removeprefix("bytes=").split("-")[0]), 206
                     if start >= len(server.body):
                         self.send_response(416)
@@ -118,6 +118,14 @@ def test_interrupted_download_is_resumed_with_a_range_request(server, body, tmp_
     # the resumed file is the checkpoint, readable as plain tensors
     state = read_checkpoint(dest)
     assert "conv0./.weight" in state and state["conv0./.weight"].shape == (64, 3, 7, 7)
+
+
+def test_server_ignoring_range_restarts_the_file(server, body, tmp_path):
+    (tmp_path / "w.pth.part").write_bytes(b"stale bytes of an older file")
+    server.honour_range = False  # answers 200 with the whole body
+    sha = hashlib.sha256(body).hexdigest()
+    zoo.download(server.url, tmp_path / "w.pth", sha, progress=False, say=quiet, timeout=10)
+    assert (tmp_path / "w.pth").read_bytes() == body
 
 
 def test_wrong_hash_is_refused_and_nothing_is_left(server, tmp_path):
