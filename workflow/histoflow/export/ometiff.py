@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from histoflow.export.dense import tile_rows
 from histoflow.export.instances import parse_color
 from histoflow.io.atomic import atomic_output, job_dir
 from histoflow.io.maps_zarr import open_maps
+from histoflow.io.space import require_free_space
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +262,17 @@ class HeatmapOptions:
         return opts
 
 
+def _check_space(shapes, n_channels, dtype, compression, out_path, tmpdir, sample) -> None:
+    """Refuse early when the level files (exact size, in `tmpdir`) or the image cannot
+    fit: a memory-mapped level file on a full disk dies of SIGBUS, not an error."""
+    sizes = [h * w * n_channels * np.dtype(dtype).itemsize for h, w in shapes]
+    where = tmpdir or tempfile.gettempdir()
+    require_free_space(where, sum(sizes[1:]), sample=sample, what="OME-TIFF level files")
+    require_free_space(
+        out_path, sum(sizes), sample=sample, what="OME-TIFF", compressed=compression != "none"
+    )
+
+
 def export_ometiff(
     maps_path: str | Path,
     out_path: str | Path,
@@ -285,6 +298,7 @@ def export_ometiff(
     metadata = ome_metadata(sample, maps.attrs, channels, dtype)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    _check_space(shapes, len(channels), dtype, compression, out_path, tmpdir, sample)
     with (
         job_dir("levels", sample, tmpdir) as td,
         atomic_output(out_path) as tmp,

@@ -36,6 +36,7 @@ from zarr.codecs import BloscCodec
 
 from histoflow.errors import HistoflowError
 from histoflow.io.atomic import kill_point
+from histoflow.io.space import require_free_space
 from histoflow.io.zarr_attrs import read_group_attrs
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,14 @@ class RawZarrWriter:
         self.written = 0
         if resume and self.path.exists():
             self.written = self._resume_point(fingerprint)
+        per_patch = np.dtype(dtype).itemsize * int(np.prod(patch_output))
+        require_free_space(
+            self.path,
+            (self.n - self.written) * per_patch * sum(int(h["channels"]) for h in heads),
+            sample=attrs.get("sample"),
+            what="raw.zarr",
+            compressed=True,
+        )
         if self.written == 0:
             self._create(boxes, grid, heads, patch_output, attrs, dtype, fingerprint)
         self.group = zarr.open_group(str(self.path), mode="r+")

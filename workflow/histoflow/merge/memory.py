@@ -12,6 +12,7 @@ import psutil
 
 from histoflow.errors import HistoflowError
 from histoflow.io.atomic import make_job_dir
+from histoflow.io.space import require_free_space
 
 MB = 1024 * 1024
 
@@ -98,6 +99,11 @@ class SpillCache:
             log.info("spill cache: %s", self.root)
         self._n += 1
         return self.root / f"canvas-{self._n:06d}.zarr"
+
+    def require(self, nbytes: int) -> None:
+        """Refuse (DiskSpaceError) a spilled canvas of `nbytes` that cannot fit."""
+        where = self.root or self.tmpdir or tempfile.gettempdir()
+        require_free_space(where, nbytes, sample=self.sample, what="merge spill cache")
 
     def cleanup(self) -> None:
         """Remove the cache and everything in it."""

@@ -11,6 +11,7 @@ import zarr
 from histoflow.io.atomic import atomic_output
 from histoflow.io.maps_zarr import MapsZarrWriter, blosc_threads
 from histoflow.io.raw_zarr import BatchReader, RawZarr, open_raw
+from histoflow.io.space import require_free_space
 from histoflow.merge.memory import MB, MemoryPolicy, SpillCache
 from histoflow.merge.options import MergeOptions
 from histoflow.merge.stitch import Merger, MergeStats, check_coverage_fits, default_band_rows
@@ -75,6 +76,15 @@ def _merge_into(
     stats.chunks_written = writer.chunks_written
 
 
+def maps_nbytes(raw) -> int:
+    """Raw bytes of the covered part of maps.zarr: float32 per channel and a uint16
+    count over at most the patches' area (chunks outside every patch are not stored)."""
+    height, width = raw.shape
+    ph, pw = raw.patch_shape
+    covered = min(height * width, len(raw) * ph * pw)
+    return covered * (4 * sum(raw.channels.values()) + 2)
+
+
 def run(
     raw_path: str | Path,
     out_path: str | Path,
@@ -96,6 +106,13 @@ def run(
     stats = MergeStats(band_rows=options.band_rows or default_band_rows(raw.attrs, raw.patch_shape))
     policy = MemoryPolicy(options.memory_percent, options.memory_cap_mb)
     cache = SpillCache(tmpdir, raw.attrs.get("sample"))
+    require_free_space(
+        out_path,
+        maps_nbytes(raw),
+        sample=raw.attrs.get("sample"),
+        what="maps.zarr",
+        compressed=options.compression != "none",
+    )
     _log_start(raw, stats.band_rows, policy)
     try:
         with (

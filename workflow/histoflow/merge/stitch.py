@@ -115,9 +115,11 @@ class Merger:
         self.carry: Canvas | None = None
 
     def _storage(self, region: Region):
-        decision = self.policy.decide(canvas_nbytes(region, self.raw.channels))
+        nbytes = canvas_nbytes(region, self.raw.channels)
+        decision = self.policy.decide(nbytes)
         if not decision.spill:
             return MemoryStorage
+        self.cache.require(nbytes)  # uncompressed: its size is exact
         if not self.stats.spill_reason:
             self.stats.spill_reason = decision.reason
             log.warning(
