@@ -13,6 +13,7 @@ from conftest import run_workflow
 from histoflow.synthetic.tissue import tissue_blocks
 from histoflow.synthetic.writers import write_png
 from PIL import Image
+from test_hostile_inputs import png_bomb
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +26,12 @@ SLIDE_CASES = {
     " for this sample in the sample sheet (content is a PNG image, not a .svs slide",
     "no_mpp": "no resolution metadata (microns per pixel) in the file",
     "bad_mask": "user mask aspect ratio",
+    "bomb": "image header declares 100000 x 100000 px, more than the 1074 Mpx a plain image"
+    " may have (it is decoded whole); refused as a possible decompression bomb",
+    "bomb_mask": "user mask (sheet field 'mask') header declares 100000 x 100000 px",
 }
+# Samples whose message names their user mask, not their slide.
+MASK_CASES = {"bad_mask": "wide_mask.png", "bomb_mask": "bomb_mask.png"}
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +46,8 @@ def cohort(tmp_path_factory, demo_slide):
         "renamed_png": tmp / "renamed_png.svs",
         "no_mpp": png,
         "bad_mask": demo_slide,
+        "bomb": png_bomb(tmp / "bomb.png"),
+        "bomb_mask": png,
         "blank": tmp / "blank.png",
         "good": demo_slide,
         "png_with_mpp": png,
@@ -50,12 +58,13 @@ def cohort(tmp_path_factory, demo_slide):
     shutil.copy(png, files["renamed_png"])
     Image.fromarray(np.full((400, 300, 3), 246, np.uint8)).save(files["blank"])
     Image.fromarray(np.ones((100, 400), np.uint8)).save(tmp / "wide_mask.png")
+    png_bomb(tmp / "bomb_mask.png")
     rows = [{"sample": s, "path": p} for s, p in files.items()]
     for row in rows:
-        if row["sample"] in ("blank", "png_with_mpp"):
+        if row["sample"] in ("blank", "png_with_mpp", "bomb", "bomb_mask"):
             row["mpp"] = 0.5
-        if row["sample"] == "bad_mask":
-            row["mask"] = tmp / "wide_mask.png"
+        if row["sample"] in MASK_CASES:
+            row["mask"] = tmp / MASK_CASES[row["sample"]]
     proc = run_workflow(tmp, samples=rows, config={"stages": ["mask"]}, check=False)
     return tmp, files, proc
 
@@ -67,7 +76,7 @@ def test_broken_sample_has_one_clear_message(cohort, sample):
     log = (tmp / "logs" / "mask_tissue" / f"{sample}.log").read_text()
     errors = [line for line in log.splitlines() if " ERROR " in line]
     assert len(errors) == 1, log
-    path = tmp / "wide_mask.png" if sample == "bad_mask" else files[sample]
+    path = tmp / MASK_CASES[sample] if sample in MASK_CASES else files[sample]
     assert f"sample '{sample}', file '{path}'" in errors[0]
     assert SLIDE_CASES[sample] in errors[0]
     # The same line reaches the Snakemake output the user watches.
@@ -109,3 +118,14 @@ def test_blank_slide_runs_every_stage_with_empty_outputs(tmp_path):
     summary = (res / "export" / "blank.summary.tsv").read_text().splitlines()
     row = dict(zip(summary[0].split("\t"), summary[1].split("\t")))
     assert float(row["tissue_area_mm2"]) == 0 and int(row["objects"]) == 0
+
+
+def test_sheet_id_snakemake_would_refuse_stops_before_any_job(tmp_path, demo_slide):
+    periodic = "S" + "0" * 20
+    rows = [{"sample": "good", "path": demo_slide}, {"sample": periodic, "path": demo_slide}]
+    proc = run_workflow(tmp_path, samples=rows, config={"stages": ["mask"]}, check=False)
+    assert proc.returncode != 0
+    expected = f"line 3 (sample '{periodic}'): field 'sample': ID '{periodic}' ends in '0'"
+    assert expected in proc.stdout
+    assert "PeriodicWildcardError" in proc.stdout and "Traceback" not in proc.stdout
+    assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()

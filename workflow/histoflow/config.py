@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -22,6 +23,17 @@ import yaml
 from histoflow.errors import ConfigError
 
 SHEET_COLUMNS = ("sample", "path", "mpp", "mask")
+# Resolutions (µm per pixel) a microscope or slide scanner produces: from beyond a 100x
+# oil objective (~0.1) to a macro photograph of the whole slide. The sample schema's
+# mpp bounds are the same numbers (a test checks it).
+MPP_RANGE = (0.05, 100.0)
+# Snakemake refuses a wildcard value that ends in a unit repeated this many times or
+# more (snakemake.io.PeriodicityDetector, PeriodicWildcardError): it takes it for a
+# rule that feeds itself.
+PERIODIC_REPEATS = 20
+_PERIODIC = re.compile(rf"(.+?)\1{{{PERIODIC_REPEATS - 1},}}$")
+# Names Windows reserves for devices, with or without an extension.
+_DEVICE_NAMES = re.compile(r"(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\..*)?", re.IGNORECASE)
 
 
 def load_schema(name: str) -> dict:
@@ -174,9 +186,50 @@ def _sheet_record(raw: dict, path: Path, line: int, validator) -> dict:
             raise ConfigError(f"{where}: field 'mpp': '{record['mpp']}' is not a number") from None
     errors = sorted(validator.iter_errors(record), key=lambda e: e.path)
     if errors:
-        lines = [f"field '{_field(e)}': {_message(e)}" for e in errors]
+        lines = [f"field '{_field(e)}': {_sheet_message(e)}" for e in errors]
         raise ConfigError(f"{where}: " + "; ".join(lines))
+    problem = sample_id_problem(record["sample"])
+    if problem:
+        raise ConfigError(f"{where}: field 'sample': {problem}")
     return record
+
+
+def _sheet_message(error: jsonschema.ValidationError) -> str:
+    field = _field(error)
+    if field == "sample" and error.validator == "maxLength":
+        return (
+            f"ID is {len(error.instance)} characters long, more than {error.validator_value} "
+            "(file names are limited to 255 bytes and the workflow adds up to about 100 "
+            "around the ID); shorten it"
+        )
+    if field == "mpp" and error.validator in ("minimum", "maximum"):
+        low, high = MPP_RANGE
+        return (
+            f"{error.instance:g} µm/px is outside what a microscope produces "
+            f"({low:g} to {high:g} µm/px); check the unit (µm per pixel at level 0)"
+        )
+    return _message(error)
+
+
+def sample_id_problem(sample: str) -> str | None:
+    """Why Snakemake or a file system would refuse the sample ID `sample`, or None.
+
+    The schema checks characters, length and reserved names; this adds the rules a
+    pattern cannot say clearly: Snakemake's periodic-wildcard check and Windows
+    device names.
+    """
+    match = _PERIODIC.search(sample)
+    if match:
+        unit = match.group(1)
+        count = len(match.group(0)) // len(unit)
+        return (
+            f"ID '{sample}' ends in '{unit}' repeated {count} times; Snakemake refuses "
+            f"an ending repeated {PERIODIC_REPEATS} or more times (PeriodicWildcardError); "
+            "shorten the repetition"
+        )
+    if _DEVICE_NAMES.fullmatch(sample):
+        return f"'{sample}' is a name Windows reserves for a device; rename it"
+    return None
 
 
 def _check_unique(ids: list[str], path: Path) -> None:

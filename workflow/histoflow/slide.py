@@ -9,6 +9,7 @@ resolution (µm per pixel), so no caller needs to know the pyramid.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 from pathlib import Path
@@ -17,15 +18,44 @@ import numpy as np
 import openslide
 from PIL import Image
 
+from histoflow.config import MPP_RANGE
 from histoflow.errors import SlideError
+
+log = logging.getLogger(__name__)
 
 BACKGROUND = (255, 255, 255)
 # Extensions of whole-slide formats: a file with one of these that OpenSlide does not
 # recognise is reported as a broken slide, not as an unknown image.
 SLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm"}
-# Pillow refuses very large images as a decompression-bomb guard; slides given as
-# plain images can legitimately be that large.
-Image.MAX_IMAGE_PIXELS = None
+# A plain image (PNG, JPEG, a TIFF OpenSlide does not read) is decoded whole by Pillow,
+# four bytes a pixel; a header declaring more pixels than this (32768 x 32768, 4 GiB
+# decoded) is refused before decoding, as a decompression bomb or as an image that
+# belongs in a tiled pyramidal TIFF, which OpenSlide reads by tiles. Pillow's own guard
+# stays on at the same limit for every other image it opens.
+PLAIN_IMAGE_MAX_PIXELS = 1 << 30
+Image.MAX_IMAGE_PIXELS = PLAIN_IMAGE_MAX_PIXELS
+# A sheet mpp more than this factor from the file's own resolution gets a warning.
+MPP_MISMATCH = 2.0
+
+
+def image_pixel_problem(path: str | os.PathLike, limit: int, what: str) -> str | None:
+    """Why the image at `path` is too large to decode whole (its header declares more
+    than `limit` pixels), or None; reads the header only."""
+    guard, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the header only
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except (OSError, ValueError, SyntaxError):
+        return None  # not an image Pillow knows; the reader says so
+    finally:
+        Image.MAX_IMAGE_PIXELS = guard
+    if width * height <= limit:
+        return None
+    return (
+        f"{what} header declares {width} x {height} px, more than the {limit / 1e6:.4g} Mpx "
+        "a plain image may have (it is decoded whole); refused as a possible "
+        "decompression bomb"
+    )
 
 
 def _mpp_from_properties(props) -> float | None:
@@ -76,6 +106,13 @@ class Slide(contextlib.AbstractContextManager):
             raise self._error("slide file is empty (0 bytes)")
 
     def _open(self):
+        if self.format == "image":
+            problem = image_pixel_problem(self.path, PLAIN_IMAGE_MAX_PIXELS, "image")
+            if problem:
+                raise self._error(
+                    f"{problem}; if it is a real image, convert it to a tiled pyramidal "
+                    "TIFF (e.g. vips tiffsave --tile --pyramid), which is read by tiles"
+                )
         try:
             if self.format == "image":
                 osr = openslide.ImageSlide(str(self.path))
@@ -83,7 +120,7 @@ class Slide(contextlib.AbstractContextManager):
                 osr = openslide.OpenSlide(str(self.path))
             # Touch the first pixel: truncated files often open but fail on read.
             osr.read_region((0, 0), 0, (1, 1))
-        except (openslide.OpenSlideError, OSError, ValueError) as exc:
+        except (openslide.OpenSlideError, OSError, ValueError, Image.DecompressionBombError) as exc:
             if self.format == "image" and self.path.suffix.lower() in SLIDE_SUFFIXES:
                 what = (
                     f"OpenSlide does not recognise it as a {self.path.suffix} slide "
@@ -95,12 +132,27 @@ class Slide(contextlib.AbstractContextManager):
         return osr
 
     def _resolve_mpp(self, mpp: float | None) -> tuple[float, str]:
-        if mpp is not None:
-            if not (mpp > 0 and math.isfinite(mpp)):
-                raise self._error(f"sheet field 'mpp' must be > 0, got {mpp}")
-            return float(mpp), "sheet"
+        low, high = MPP_RANGE
+        bounds = f"outside what a microscope produces ({low:g} to {high:g} µm/px)"
         file_mpp = _mpp_from_properties(self._osr.properties)
+        if mpp is not None:
+            if not (math.isfinite(mpp) and low <= mpp <= high):
+                raise self._error(f"sheet field 'mpp': {mpp:g} µm/px is {bounds}")
+            if file_mpp is not None and max(mpp / file_mpp, file_mpp / mpp) > MPP_MISMATCH:
+                message = (
+                    f"sheet field 'mpp' {mpp:g} µm/px is {mpp / file_mpp:.3g} x the file's own "
+                    f"{file_mpp:g} µm/px; the sheet value is used: check it"
+                )
+                log.warning("sample '%s', file '%s': %s", self.sample, self._given, message)
+                self.warnings.append(message)
+            return float(mpp), "sheet"
         if file_mpp is not None:
+            if not low <= file_mpp <= high:
+                raise self._error(
+                    f"the file's resolution metadata ({openslide.PROPERTY_NAME_MPP_X}) says "
+                    f"{file_mpp:g} µm/px, {bounds}; set the 'mpp' column for this sample "
+                    "in the sample sheet"
+                )
             return file_mpp, "file"
         note = f" ({self.warnings[0]})" if self.warnings else ""
         raise self._error(

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 from skimage import color, filters, morphology, segmentation
 
 from histoflow.config import schema_defaults
 from histoflow.errors import SlideError
 from histoflow.io.mask_files import write_mask_files
-from histoflow.slide import Slide, open_slide
+from histoflow.slide import PLAIN_IMAGE_MAX_PIXELS, Slide, image_pixel_problem, open_slide
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,11 @@ OUTLINE_RGB = (0, 200, 0)
 # almost certainly for another slide (or rotated).
 MAX_ASPECT_MISMATCH = 0.02
 OVERLAY_MAX_SIDE = 1024
+# A user mask is resized to the thumbnail; one more than this many times finer per axis
+# (or over 8192 x 8192 px, whichever is more) carries no detail the mask stage uses and
+# is refused before decoding (decompression-bomb guard).
+USER_MASK_MAX_FINER = 16
+USER_MASK_MIN_LIMIT = 8192 * 8192
 
 
 @dataclass(frozen=True)
@@ -91,8 +97,31 @@ def otsu_tissue(rgb: np.ndarray, mpp: float, opts: MaskOptions) -> tuple[np.ndar
     if min_obj > 0:
         mask = morphology.remove_small_objects(mask, max_size=min_obj)
     if max_hole > 0:
-        mask = morphology.remove_small_holes(mask, max_size=max_hole)
+        mask = fill_small_holes(mask, max_hole)
     return mask, threshold
+
+
+def fill_small_holes(mask: np.ndarray, max_size: int) -> np.ndarray:
+    """`mask` with its holes of at most `max_size` pixels filled.
+
+    A hole is background enclosed by tissue: background that touches the image border
+    is glass around the tissue, whatever its size, so an image with little or no
+    tissue never fills up. (A real hole cut by the border stays open.)
+    """
+    labels, count = ndimage.label(~mask)  # 4-connected, as skimage's remove_small_holes
+    if count == 0:
+        return mask
+    fill = np.bincount(labels.ravel(), minlength=count + 1) <= max_size
+    fill[0] = False
+    border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    fill[np.unique(border)] = False
+    return mask | fill[labels]
+
+
+def user_mask_limit(shape: tuple[int, int]) -> int:
+    """Most pixels a user mask for a thumbnail of `shape` may have (see USER_MASK_MAX_FINER)."""
+    finer = shape[0] * shape[1] * USER_MASK_MAX_FINER**2
+    return min(max(finer, USER_MASK_MIN_LIMIT), PLAIN_IMAGE_MAX_PIXELS)
 
 
 def load_user_mask(path: str | Path, shape: tuple[int, int], slide: Slide) -> np.ndarray:
@@ -100,11 +129,19 @@ def load_user_mask(path: str | Path, shape: tuple[int, int], slide: Slide) -> np
     path = Path(path)
     if not path.is_file():
         raise SlideError("user mask (sheet field 'mask') not found", slide.sample, str(path))
+    limit = user_mask_limit(shape)
+    problem = image_pixel_problem(path, limit, "user mask (sheet field 'mask')")
+    if problem:
+        raise SlideError(
+            f"{problem}; the mask is used at {shape[1]} x {shape[0]} px, so save it smaller",
+            slide.sample,
+            str(path),
+        )
     try:
         with Image.open(path) as img:
             img.load()
             user = img.convert("L")
-    except OSError as exc:
+    except (OSError, Image.DecompressionBombError) as exc:
         raise SlideError(
             f"user mask is not a readable image ({exc})", slide.sample, str(path)
         ) from exc

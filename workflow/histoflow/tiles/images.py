@@ -24,7 +24,7 @@ import openslide
 from PIL import Image
 
 from histoflow.errors import SlideError
-from histoflow.slide import Slide, open_slide
+from histoflow.slide import PLAIN_IMAGE_MAX_PIXELS, Slide, open_slide
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,20 @@ class PageSlide(Slide):
         self.mpp, self.mpp_source = float(mpp), "sheet"
 
 
+def _check_page_size(page, index: int, sample: str | None, path) -> None:
+    """Refuse a page whose header declares more pixels than a plain image may have
+    (it is decoded whole): a decompression bomb or a slide that belongs in a tiled TIFF."""
+    height, width = page.shape[:2]
+    if width * height > PLAIN_IMAGE_MAX_PIXELS:
+        raise SlideError(
+            f"TIFF page {index} header declares {width} x {height} px, more than the "
+            f"{PLAIN_IMAGE_MAX_PIXELS / 1e6:.0f} Mpx a plain image may have (it is decoded "
+            "whole); refused as a possible decompression bomb",
+            sample,
+            str(path),
+        )
+
+
 def open_samples(
     path: str | os.PathLike, sample: str | None = None, mpp: float | None = None
 ) -> list[Slide]:
@@ -110,6 +124,7 @@ def open_samples(
     try:
         with tifffile.TiffFile(path) as tif:
             for i in pages:
+                _check_page_size(tif.pages[i], i, sample, path)
                 out.append(PageSlide(tif.pages[i].asarray(), path, i, sample, mpp))
     except (tifffile.TiffFileError, OSError, ValueError) as exc:
         raise SlideError(f"cannot read TIFF page ({exc})", sample, str(path)) from exc
