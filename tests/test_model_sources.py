@@ -107,6 +107,12 @@ def test_model_weights_must_exist_and_fit_the_source(tmp_path):
         load_card(str(card), tmp_path / "w.pth")
 
 
+def test_weight_free_builtin_refuses_weights(tmp_path):
+    (tmp_path / "w.pth").write_bytes(b"x")
+    with pytest.raises(ModelError, match=r"weight-free built-in 'hed_nuclei'.*model.weights"):
+        build_model(load_dense_card("builtin:hed_nuclei", tmp_path / "w.pth"))
+
+
 def test_bad_builtin_kwargs_name_the_field(tmp_path):
     card = yaml.safe_load(load_card("builtin:hovernet_fast-pannuke").path.read_text())
     card["source"]["kwargs"] = {"num_type": 6}

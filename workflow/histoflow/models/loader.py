@@ -53,6 +53,11 @@ def build_model(card: ModelCard) -> nn.Module:
 
 def _builtin(card: ModelCard, name: str) -> nn.Module:
     if name in BUILTINS:
+        if card.file("weights") is not None:
+            raise ModelError(
+                f"model card '{card.name}' ({card.path}) is the weight-free built-in '{name}': "
+                "it takes no weights (config field 'model.weights', card field source.weights)"
+            )
         return BUILTINS[name]()
     if name not in ARCHITECTURES:
         known = ", ".join(sorted([*BUILTINS, *ARCHITECTURES]))
