@@ -28,6 +28,8 @@ def test_stale_siblings_of_killed_writers_are_removed_and_user_files_kept(tmp_pa
     (stale_dir / "c").mkdir(parents=True)
     journal = tmp_path / f".s.sqlite.{atomic.TEMP_MARK}-12345-journal"
     journal.write_text("x")
+    spill = tmp_path / f".maps.zarr.{atomic.TEMP_MARK}-{dead_pid()}.spill"  # tile_stores NPZ
+    spill.mkdir()
     users = [
         tmp_path / ".maps.zarr.tmp-1",  # not ours: no histoflow mark
         tmp_path / f".maps.zarr.{atomic.TEMP_MARK}-notapid",
@@ -37,7 +39,7 @@ def test_stale_siblings_of_killed_writers_are_removed_and_user_files_kept(tmp_pa
     for path in users:
         path.write_text("user")
     with atomic.atomic_output(final) as tmp:
-        assert not stale_dir.exists()
+        assert not stale_dir.exists() and not spill.exists()
         tmp.mkdir()
     assert final.is_dir()
     with atomic.atomic_output(tmp_path / "s.sqlite") as tmp:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import StrEnum
@@ -377,13 +378,13 @@ class NPZWriter(_GeneStoringWriter):
     format = OutputFormat.NPZ
 
     def _open_backend(self) -> None:
-        import tempfile
-
         # Rows go to raw spill files, not memory: 100k tiles x 1024 floats would be 400 MB.
-        self._spill_dir = tempfile.TemporaryDirectory(
-            dir=self._tmp.parent, prefix=f".{self.path.name}.spill-"
-        )
-        spill = Path(self._spill_dir.name)
+        # The folder is named after the temporary sibling, so the next writer of this
+        # store removes it when a killed job left it (histoflow.io.atomic).
+        self._spill_dir = Path(f"{self._tmp}.spill")
+        shutil.rmtree(self._spill_dir, ignore_errors=True)
+        self._spill_dir.mkdir()
+        spill = self._spill_dir
         names = ("features", "coords", "ratio")
         self._spills = [open(spill / n, "wb") for n in names]  # noqa: SIM115 - closed in close/abort
 
@@ -395,7 +396,7 @@ class NPZWriter(_GeneStoringWriter):
         for fh in self._spills:
             fh.close()
         n, d = self.count, self.embedding_dim
-        spill = Path(self._spill_dir.name)
+        spill = self._spill_dir
 
         def blocks(name, dtype, width):
             with open(spill / name, "rb") as fh:
@@ -415,12 +416,12 @@ class NPZWriter(_GeneStoringWriter):
                     npz.add(name, np.array(genes, dtype=str))
                 npz.add("metadata", np.array(metadata_json(self.metadata)))
         finally:
-            self._spill_dir.cleanup()
+            shutil.rmtree(self._spill_dir, ignore_errors=True)
 
     def _abort_backend(self) -> None:
         for fh in self._spills:
             fh.close()
-        self._spill_dir.cleanup()
+        shutil.rmtree(self._spill_dir, ignore_errors=True)
 
 
 WRITERS: dict[OutputFormat, type[PredictionWriter]] = {
