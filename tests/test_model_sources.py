@@ -250,7 +250,7 @@ def test_entrypoint_module_raising_on_import_is_one_error(tmp_path, body, kind):
 @pytest.mark.e2e
 def test_builtin_card_with_weights_through_infer_rule(tmp_path, demo_slide):
     """model.weights reaches the job and its sha256 the provenance; a new file reruns
-    inference; a HoVer-Net card without weights fails the job naming the field."""
+    inference; a missing file fails the job naming the field."""
     with open_slide(demo_slide) as slide:  # one patch of the demo slide at 0.5 µm/px
         Image.fromarray(slide.read_region(800, 1000, 164, 164, 0.5)).save(tmp_path / "c.png")
     samples = [{"sample": "crop", "path": str(tmp_path / "c.png"), "mpp": 0.5}]
@@ -273,7 +273,7 @@ def test_builtin_card_with_weights_through_infer_rule(tmp_path, demo_slide):
     run_workflow(run, samples=samples, config=config)
     attrs = dict(zarr.open_group(str(run / "results/crop/infer/raw.zarr"), mode="r").attrs)
     assert attrs["weights_sha256"] == sha256_file(weights)
-    config["model"] = {"card": "builtin:hovernetplus-oed"}
+    config["model"]["weights"] = str(tmp_path / "missing.pth")  # the job says which field
     proc = run_workflow(tmp_path / "none", samples=samples, config=config, check=False)
     assert proc.returncode != 0
-    assert "'hovernetplus-oed'" in proc.stdout and "config field 'model.weights'" in proc.stdout
+    assert "histoflow error: config field 'model.weights': weights file '" in proc.stdout

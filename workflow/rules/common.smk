@@ -170,9 +170,10 @@ def get_sheet_record(wildcards):
 def get_model_files(wildcards):
     # A card given as a path (and the TorchScript/weights file it names) is an input,
     # so replacing the model reruns inference; built-in cards live in the package.
-    # model.weights is an input too (a missing file is reported by the job).
+    # model.weights is an input too; a missing one is left out, so that the job reports
+    # it naming the config field.
     spec, weights = config["model"]["card"], config["model"]["weights"]
-    files = [weights] if weights else []
+    files = [weights] if weights and Path(weights).is_file() else []
     if spec.startswith("builtin:") or not Path(spec).is_file():
         return files
     from histoflow.models.card import load_card
