@@ -10,6 +10,7 @@ import errno
 import io
 import logging
 import struct
+import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -18,6 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from conftest import write_sheet
+from histoflow import slide as slide_module
 from histoflow.config import MPP_RANGE, load_sample_sheet, load_schema, sample_id_problem
 from histoflow.errors import ConfigError, SlideError
 from histoflow.io import atomic
@@ -28,6 +30,7 @@ from histoflow.synthetic.writers import write_png, write_slide
 from histoflow.tiles.images import open_samples
 from histoflow.tissue import (
     MaskOptions,
+    check_thumbnail_size,
     compute_tissue_mask,
     fill_small_holes,
     load_user_mask,
@@ -80,6 +83,33 @@ def tiff_bomb(path: Path, side: int = BOMB_SIDE, pages: int = 1) -> Path:
     return path
 
 
+def tiled_tiff_bomb(path: Path, side: int = BOMB_SIDE, tile: int = 65536) -> Path:
+    """A tiled TIFF (OpenSlide's generic-tiff) declaring side x side px in huge tiles."""
+    count = (-(-side // tile)) ** 2
+    data = 8 + 2 + 12 * 10 + 4  # header, then one IFD of 10 entries
+    entries = [
+        (256, 4, 1, side),
+        (257, 4, 1, side),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (277, 3, 1, 1),
+        (322, 4, 1, tile),  # TileWidth
+        (323, 4, 1, tile),  # TileLength
+        (324, 4, count, data),  # TileOffsets (all at the same 8 bytes)
+        (325, 4, count, data + 4 * count),  # TileByteCounts
+    ]
+    out = bytearray(b"II*\x00" + struct.pack("<IH", 8, len(entries)))
+    for tag, kind, n, value in entries:
+        out += struct.pack(
+            "<HHIHH" if kind == 3 else "<HHII", tag, kind, n, value, *(0,) * (kind == 3)
+        )
+    out += struct.pack("<I", 0)
+    out += struct.pack(f"<{count}I", *[data] * count) + struct.pack(f"<{count}I", *[8] * count)
+    path.write_bytes(bytes(out))
+    return path
+
+
 def test_bomb_files_are_small_and_declare_huge_sizes(tmp_path):
     png = png_bomb(tmp_path / "bomb.png")
     assert png.stat().st_size < 100
@@ -98,6 +128,49 @@ def test_bomb_as_slide_is_one_error_naming_sample_and_file(tmp_path, maker):
     assert message.startswith(f"sample 'S1', file '{bomb}': ")
     assert "100000 x 100000 px" in message and "decompression bomb" in message
     assert "\n" not in message
+
+
+def test_tiled_tiff_bomb_never_reaches_openslide(tmp_path):
+    # OpenSlide aborts the whole process (GLib: failed to allocate 16 GiB) on such a
+    # tile, so the check runs in a child process.
+    bomb = tiled_tiff_bomb(tmp_path / "tiled.tif")
+    assert bomb.stat().st_size < 300
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[2]); from histoflow.slide import open_slide\n"
+        "from histoflow.errors import SlideError\n"
+        "try: open_slide(sys.argv[1], sample='S1', mpp=0.5)\n"
+        "except SlideError as e: print(e)"
+    )
+    engine = str(Path(slide_module.__file__).parents[1])
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(bomb), engine], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"sample 'S1', file '{bomb}': TIFF page 0 has tiles of 65536")
+    assert "decompression bomb" in proc.stdout
+
+
+def test_large_reads_go_in_bands_with_the_same_pixels(tmp_path, monkeypatch):
+    rgb, _ = tissue_blocks(300, 260, seed=6)
+    path = write_png(tmp_path / "roi.png", rgb)
+    with open_slide(path, sample="S1", mpp=0.5) as slide:
+        whole = slide.thumbnail(1.5)
+        calls = []
+        read = slide._osr.read_region
+        monkeypatch.setattr(slide._osr, "read_region", lambda *a: calls.append(a[2]) or read(*a))
+        monkeypatch.setattr(slide_module, "READ_MAX_PIXELS", 50 * 50)
+        banded = slide.thumbnail(1.5)
+    assert len(calls) > 1 and max(w * h for w, h in calls) <= 50 * 50 * 2
+    assert banded.shape == whole.shape
+    assert np.abs(banded.astype(int) - whole).max() <= 1
+
+
+def test_thumbnail_too_large_for_the_mask_stage_is_refused(tmp_path):
+    path = write_png(tmp_path / "roi.png", np.full((100, 100, 3), 200, np.uint8))
+    with open_slide(path, sample="S1", mpp=100) as slide:
+        check_thumbnail_size(slide, 4.0)  # 2500 x 2500: fine
+        with pytest.raises(SlideError, match=r"sample 'S1', file .*'mask.thumbnail_mpp' 0.05"):
+            check_thumbnail_size(slide, 0.05)  # 200000 x 200000
 
 
 def test_bomb_pages_of_a_tiff_stack_are_refused(tmp_path):

@@ -36,6 +36,33 @@ PLAIN_IMAGE_MAX_PIXELS = 1 << 30
 Image.MAX_IMAGE_PIXELS = PLAIN_IMAGE_MAX_PIXELS
 # A sheet mpp more than this factor from the file's own resolution gets a warning.
 MPP_MISMATCH = 2.0
+# OpenSlide decodes a whole tile at once (and aborts the process if it cannot allocate
+# it); scanners write tiles of 240 to 2048 px a side, so a TIFF tile over 8192 x 8192 px
+# is refused before OpenSlide opens the file.
+TILE_MAX_PIXELS = 8192 * 8192
+# `read_region` reads a level window of at most this many pixels at once (64 MiB as
+# RGBA); larger requests (a thumbnail of a slide without a coarse level) go in bands.
+READ_MAX_PIXELS = 4096 * 4096
+
+
+def tiff_tile_problem(path: str | os.PathLike) -> str | None:
+    """Why OpenSlide must not open the TIFF at `path` (a tile too large to decode), or
+    None; reads the TIFF headers only (also for a non-TIFF file: None)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            for index, page in enumerate(tif.pages):
+                width, height = page.tilewidth, page.tilelength
+                if page.is_tiled and width * height > TILE_MAX_PIXELS:
+                    return (
+                        f"TIFF page {index} has tiles of {width} x {height} px, more than "
+                        f"the {TILE_MAX_PIXELS / 1e6:.4g} Mpx a tile may have (decoded "
+                        "whole); refused as a possible decompression bomb"
+                    )
+    except Exception:  # not a TIFF tifffile can parse: OpenSlide decides
+        return None
+    return None
 
 
 def image_pixel_problem(path: str | os.PathLike, limit: int, what: str) -> str | None:
@@ -106,6 +133,10 @@ class Slide(contextlib.AbstractContextManager):
             raise self._error("slide file is empty (0 bytes)")
 
     def _open(self):
+        if self.format != "image" and self.path.is_file():
+            problem = tiff_tile_problem(self.path)
+            if problem:
+                raise self._error(problem)
         if self.format == "image":
             problem = image_pixel_problem(self.path, PLAIN_IMAGE_MAX_PIXELS, "image")
             if problem:
@@ -219,6 +250,8 @@ class Slide(contextlib.AbstractContextManager):
         fx1, fy1 = (x + width) * scale / ds, (y + height) * scale / ds
         ix0, iy0 = max(math.floor(fx0), 0), max(math.floor(fy0), 0)
         ix1, iy1 = min(math.ceil(fx1), lw), min(math.ceil(fy1), lh)
+        if (ix1 - ix0) * (iy1 - iy0) > READ_MAX_PIXELS and max(width, height) > 1:
+            return self._read_halves(x, y, width, height, mpp)
         out = Image.new("RGB", (width, height), BACKGROUND)
         if ix1 <= ix0 or iy1 <= iy0:
             return np.asarray(out)
@@ -258,6 +291,18 @@ class Slide(contextlib.AbstractContextManager):
             part = window.resize(size, resample=resample, box=box)
         out.paste(part, (tx0, ty0))
         return np.asarray(out)
+
+    def _read_halves(self, x: float, y: float, width: int, height: int, mpp: float):
+        """`read_region` of a large box as two halves (rows, or columns of one row)."""
+        if height > 1:
+            half = height // 2
+            parts = [(x, y, width, half), (x, y + half, width, height - half)]
+            axis = 0
+        else:
+            half = width // 2
+            parts = [(x, y, half, height), (x + half, y, width - half, height)]
+            axis = 1
+        return np.concatenate([self.read_region(*box, mpp) for box in parts], axis=axis)
 
     def thumbnail(self, mpp: float) -> np.ndarray:
         """The whole slide at `mpp` as RGB uint8 (height, width, 3)."""

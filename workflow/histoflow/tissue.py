@@ -33,6 +33,10 @@ OVERLAY_MAX_SIDE = 1024
 # is refused before decoding (decompression-bomb guard).
 USER_MASK_MAX_FINER = 16
 USER_MASK_MIN_LIMIT = 8192 * 8192
+# The mask stage holds a few float copies of its thumbnail; one over 8192 x 8192 px
+# (a 3 x 3 cm slide at the default 4 µm/px is 7500 x 7500) means a wrong mpp or
+# thumbnail_mpp, and is refused before any pixel is read.
+THUMBNAIL_MAX_PIXELS = 8192 * 8192
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,21 @@ def fill_small_holes(mask: np.ndarray, max_size: int) -> np.ndarray:
     return mask | fill[labels]
 
 
+def check_thumbnail_size(slide: Slide, thumbnail_mpp: float) -> None:
+    """Refuse a thumbnail larger than THUMBNAIL_MAX_PIXELS before reading it."""
+    w, h = slide.size_at(thumbnail_mpp)
+    if w * h > THUMBNAIL_MAX_PIXELS:
+        w0, h0 = slide.dimensions
+        raise SlideError(
+            f"the slide ({w0} x {h0} px at {slide.mpp:g} µm/px) gives a {w} x {h} px "
+            f"thumbnail at config field 'mask.thumbnail_mpp' {thumbnail_mpp:g}, more than "
+            f"the {THUMBNAIL_MAX_PIXELS / 1e6:.4g} Mpx a mask thumbnail may have; check "
+            "the mpp, or raise mask.thumbnail_mpp",
+            slide.sample,
+            str(slide.path),
+        )
+
+
 def user_mask_limit(shape: tuple[int, int]) -> int:
     """Most pixels a user mask for a thumbnail of `shape` may have (see USER_MASK_MAX_FINER)."""
     finer = shape[0] * shape[1] * USER_MASK_MAX_FINER**2
@@ -162,6 +181,7 @@ def compute_tissue_mask(
     slide: Slide, opts: MaskOptions, user_mask: str | Path | None = None
 ) -> TissueMask:
     """Tissue mask of `slide` (Otsu, or the user's mask resized) with its metadata."""
+    check_thumbnail_size(slide, opts.thumbnail_mpp)
     thumb = slide.thumbnail(opts.thumbnail_mpp)
     h, w = thumb.shape[:2]
     if user_mask:
