@@ -134,3 +134,17 @@ def test_replaced_slide_with_older_mtime_reruns_its_stages(tmp_path):
     proc = run_workflow(tmp_path, samples=samples, config=config)
     assert "mask_tissue" in proc.stdout
     assert thumb.read_bytes() != before
+
+
+def test_complete_store_does_not_depend_on_slide_path_or_mtime(tmp_path):
+    slide = make_slide(tmp_path / "slide.tif", 0)
+    copy = tmp_path / "elsewhere" / "copy.tif"
+    copy.parent.mkdir()
+    shutil.copyfile(slide, copy)
+    os.utime(copy, ns=(0, 10**9))
+    a, b = tmp_path / "a" / "raw.zarr", tmp_path / "b" / "raw.zarr"
+    infer(slide, a)
+    infer(copy, b)
+    attrs_a = dict(zarr.open_group(str(a), mode="r").attrs)
+    assert "resume_key" not in attrs_a
+    assert attrs_a == dict(zarr.open_group(str(b), mode="r").attrs)

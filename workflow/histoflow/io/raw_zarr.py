@@ -5,9 +5,10 @@ and its one reader.
 and renames it onto its final path only when complete. Patches are buffered and
 written one whole chunk (`chunk_patches` patches) at a time; after each chunk the
 `written` attribute records how many patches are safely on disk, so a killed job can
-resume from there when the run's fingerprint (grid, model, options, and `inputs`: the
-identity of the slide, histoflow.manifest.fingerprint.identity) is unchanged, so a
-resume never mixes two slides. With
+resume from there when the run's fingerprint (grid, model, options, the slide's size and
+content hash) and `resume_key` (the slide's whole identity, path and mtime included:
+histoflow.manifest.fingerprint.identity) are unchanged, so a resume never mixes two
+slides; `resume_key` is dropped from the complete store. With
 `background=True` chunks are compressed and written by one thread while the next
 batches compute; at most two chunks wait in its queue, so memory stays bounded.
 
@@ -57,10 +58,25 @@ def partial_path(final: str | os.PathLike) -> Path:
     return final.with_name(f".{final.name}.partial")
 
 
+# Keys of an input's identity that say where and when, not what: in the partial store's
+# `resume_key` only, so a complete store does not depend on the slide's path or mtime.
+WHERE_WHEN = ("path", "mtime_ns")
+
+
+def _content(value):
+    if isinstance(value, dict):
+        return {k: _content(v) for k, v in value.items() if k not in WHERE_WHEN}
+    return value
+
+
+def _digest(record) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _fingerprint(
     boxes: np.ndarray, attrs: dict, dtype: str, chunk: int, inputs: dict | None
 ) -> str:
-    record = {"attrs": attrs, "dtype": dtype, "chunk": chunk, "inputs": inputs}
+    record = {"attrs": attrs, "dtype": dtype, "chunk": chunk, "inputs": _content(inputs)}
     digest = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode())
     digest.update(np.ascontiguousarray(boxes, np.int64).tobytes())
     return digest.hexdigest()
@@ -89,6 +105,7 @@ class RawZarrWriter:
         self.chunk = max(1, int(chunk_patches))
         self.heads = heads
         fingerprint = _fingerprint(boxes, attrs, dtype, self.chunk, inputs)
+        self.resume_key = _digest(inputs)
         self.written = 0
         if resume and self.path.exists():
             self.written = self._resume_point(fingerprint)
@@ -118,7 +135,8 @@ class RawZarrWriter:
     def _resume_point(self, fingerprint: str) -> int:
         try:
             group = zarr.open_group(str(self.path), mode="r")
-            if group.attrs.get("fingerprint") == fingerprint:
+            same = group.attrs.get("fingerprint") == fingerprint
+            if same and group.attrs.get("resume_key") == self.resume_key:
                 written = int(group.attrs.get("written", 0))
                 log.info(
                     "resuming %s: %d of %d patches already written", self.final, written, self.n
@@ -145,7 +163,9 @@ class RawZarrWriter:
                 fill_value=0,
                 compressors=CODEC,
             )
-        group.attrs.update({**attrs, "fingerprint": fingerprint, "written": 0})
+        group.attrs.update(
+            {**attrs, "fingerprint": fingerprint, "resume_key": self.resume_key, "written": 0}
+        )
 
     @property
     def remaining(self) -> int:
@@ -241,6 +261,7 @@ class RawZarrWriter:
                 f"raw store {self.final}: {self.written} of {self.n} patches written"
             )
         self.group.attrs.update({"written": self.n})
+        del self.group.attrs["resume_key"]  # where and when: the partial store's only
         if self.final.exists():
             shutil.rmtree(self.final)
         os.replace(self.path, self.final)
