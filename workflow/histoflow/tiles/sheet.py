@@ -26,7 +26,9 @@ def sheet_rows(folder: str | Path, mpp: float | None = None, recursive: bool = F
     images = sorted(p for p in files if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     rows, seen = [], set()
     for path in images:
-        base = re.sub(r"[^A-Za-z0-9._-]", "_", path.stem).strip(".") or "image"
+        # The sample schema's rules: no leading '.' or '-', at most 128 characters.
+        base = re.sub(r"[^A-Za-z0-9._-]", "_", path.stem).lstrip(".-")[:120].strip(".")
+        base = base or "image"
         sample, n = base, 1
         while sample in seen:
             n += 1
