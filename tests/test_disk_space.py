@@ -119,3 +119,27 @@ def test_ometiff_levels_refused_before_mapping(tmp_path, full_disk):
     check_one_line(err, "sample 's4'", "OME-TIFF level files", str(levels))
     assert not out.exists() and not list(levels.iterdir())
     assert not list(tmp_path.glob(".s4.ome.tif*"))
+
+
+def test_ometiff_level_allocation_failure_is_one_line(tmp_path, monkeypatch):
+    """The disk fills up after the check: the level file's allocation fails with an
+    error, where writes into an unallocated mapping would die of SIGBUS."""
+    import errno
+    import os
+
+    from histoflow.export.ometiff import HeatmapOptions, export_ometiff
+
+    def enospc(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", enospc, raising=False)
+    maps = make_maps(tmp_path / "maps.zarr", height=700, width=600)
+    levels = tmp_path / "levels"
+    levels.mkdir()
+    out = tmp_path / "s5.ome.tif"
+    with pytest.raises(DiskSpaceError) as err:
+        export_ometiff(maps, out, "s5", HeatmapOptions.from_config({"tile": 128}), tmpdir=levels)
+    message = str(err.value)
+    assert "\n" not in message and "OME-TIFF level file" in message and str(levels) in message
+    assert "No space left on device" in message and "MB free" in message
+    assert not out.exists() and not list(levels.iterdir())

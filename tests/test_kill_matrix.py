@@ -74,8 +74,8 @@ def test_ometiff_level_files_are_unlinked_while_written(tmp_path, monkeypatch):
     seen = []
     real = ometiff._anonymous_memmap
 
-    def spy(path, dtype, shape):
-        array = real(path, dtype, shape)
+    def spy(path, dtype, shape, sample=None):
+        array = real(path, dtype, shape, sample)
         seen.append(path.exists())
         return array
 

@@ -16,6 +16,7 @@ derived from the sample, so reruns give identical bytes.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -32,7 +33,7 @@ from histoflow.export.dense import tile_rows
 from histoflow.export.instances import parse_color
 from histoflow.io.atomic import atomic_output, job_dir
 from histoflow.io.maps_zarr import open_maps
-from histoflow.io.space import require_free_space
+from histoflow.io.space import MB, DiskSpaceError, free_bytes, require_free_space
 
 log = logging.getLogger(__name__)
 
@@ -160,11 +161,25 @@ def ome_metadata(sample: str, attrs: dict, channels: list[Channel], dtype: str) 
     return metadata
 
 
-def _anonymous_memmap(path: Path, dtype: str, shape) -> np.ndarray:
+def _anonymous_memmap(path: Path, dtype: str, shape, sample: str | None = None) -> np.ndarray:
     """A disk-backed array whose file is unlinked at once where the OS allows it (POSIX):
     the mapping keeps the space until the array is released or the process dies, so a
-    killed export leaves no level file behind."""
+    killed export leaves no level file behind. Its blocks are allocated first where the
+    OS can (posix_fallocate): a disk that fills up meanwhile ends in an error here, not
+    in SIGBUS on a write to the mapping."""
     array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            with open(path, "r+b") as fh:
+                os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+    except OSError as exc:  # other errors: no fallocate here, the free-space check stands
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            del array
+            path.unlink(missing_ok=True)
+            raise DiskSpaceError(
+                f"sample '{sample or '?'}': OME-TIFF level file '{path}' cannot be allocated "
+                f"({exc.strerror}), only {free_bytes(path.parent) / MB:.1f} MB free there"
+            ) from exc
     if os.name == "posix":
         path.unlink()
     return array
@@ -183,7 +198,9 @@ class _Pyramid:
         self.band = -(-tile_rows(maps) // tile) * tile  # whole tiles: pooling stays aligned
         self.spills: dict[int, list[np.ndarray]] = {
             level: [
-                _anonymous_memmap(spill_dir / f"level{level}-c{i}.npy", dtype, shape)
+                _anonymous_memmap(
+                    spill_dir / f"level{level}-c{i}.npy", dtype, shape, maps.attrs.get("sample")
+                )
                 for i in range(len(channels))
             ]
             for level, shape in enumerate(shapes)
