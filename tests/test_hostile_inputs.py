@@ -165,6 +165,24 @@ def test_large_reads_go_in_bands_with_the_same_pixels(tmp_path, monkeypatch):
     assert np.abs(banded.astype(int) - whole).max() <= 1
 
 
+def test_large_plain_tiff_is_read_by_strips_with_the_same_pixels(tmp_path, monkeypatch):
+    import tifffile
+    from histoflow.plain_tiff import StripTiff
+
+    rgb, _ = tissue_blocks(600, 500, seed=7)
+    path = tmp_path / "stripped.tif"
+    tifffile.imwrite(path, rgb, rowsperstrip=16, compression="zlib")
+    with open_slide(path, sample="S1", mpp=0.5) as slide:
+        assert not isinstance(slide._osr, StripTiff)  # small: Pillow decodes it whole
+        expected = [slide.read_region(*box) for box in ((-5, 7, 90, 60, 0.5), (0, 0, 80, 70, 2))]
+    monkeypatch.setattr(slide_module, "PLAIN_IMAGE_MAX_PIXELS", 1000)
+    with open_slide(path, sample="S1", mpp=0.5) as slide:
+        assert isinstance(slide._osr, StripTiff) and slide.dimensions == rgb.shape[1::-1]
+        got = [slide.read_region(*box) for box in ((-5, 7, 90, 60, 0.5), (0, 0, 80, 70, 2))]
+    for a, b in zip(got, expected, strict=True):
+        assert np.array_equal(a, b)
+
+
 def test_thumbnail_too_large_for_the_mask_stage_is_refused(tmp_path):
     path = write_png(tmp_path / "roi.png", np.full((100, 100, 3), 200, np.uint8))
     with open_slide(path, sample="S1", mpp=100) as slide:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from histoflow.config import MPP_RANGE
 from histoflow.errors import SlideError
+from histoflow.plain_tiff import TIFF_SUFFIXES, StripTiff, page_geometry
 
 log = logging.getLogger(__name__)
 
@@ -137,16 +138,9 @@ class Slide(contextlib.AbstractContextManager):
             problem = tiff_tile_problem(self.path)
             if problem:
                 raise self._error(problem)
-        if self.format == "image":
-            problem = image_pixel_problem(self.path, PLAIN_IMAGE_MAX_PIXELS, "image")
-            if problem:
-                raise self._error(
-                    f"{problem}; if it is a real image, convert it to a tiled pyramidal "
-                    "TIFF (e.g. vips tiffsave --tile --pyramid), which is read by tiles"
-                )
         try:
             if self.format == "image":
-                osr = openslide.ImageSlide(str(self.path))
+                osr = self._open_plain()
             else:
                 osr = openslide.OpenSlide(str(self.path))
             # Touch the first pixel: truncated files often open but fail on read.
@@ -161,6 +155,28 @@ class Slide(contextlib.AbstractContextManager):
                 what = f"cannot read as a {self.format} slide or image"
             raise self._error(f"{what} ({type(exc).__name__}: {exc})") from exc
         return osr
+
+    def _open_plain(self):
+        """Pillow for an image it may decode whole; a larger TIFF by strips or tiles."""
+        convert = (
+            "if it is a real image, convert it to a tiled pyramidal TIFF "
+            "(e.g. vips tiffsave --tile --pyramid), which is read by tiles"
+        )
+        tiff = self.path.suffix.lower() in TIFF_SUFFIXES
+        geometry = page_geometry(self.path) if tiff else None
+        if geometry and geometry[0] * geometry[1] > PLAIN_IMAGE_MAX_PIXELS:
+            width, height, cw, ch = geometry
+            if cw * ch > TILE_MAX_PIXELS:
+                raise self._error(
+                    f"image header declares {width} x {height} px in strips or tiles of "
+                    f"{cw} x {ch} px, more than the {TILE_MAX_PIXELS / 1e6:.4g} Mpx one may "
+                    f"have (decoded whole); refused as a possible decompression bomb; {convert}"
+                )
+            return StripTiff(self.path)
+        problem = image_pixel_problem(self.path, PLAIN_IMAGE_MAX_PIXELS, "image")
+        if problem:
+            raise self._error(f"{problem}; {convert}")
+        return openslide.ImageSlide(str(self.path))
 
     def _resolve_mpp(self, mpp: float | None) -> tuple[float, str]:
         low, high = MPP_RANGE

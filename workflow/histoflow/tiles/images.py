@@ -24,11 +24,10 @@ import openslide
 from PIL import Image
 
 from histoflow.errors import SlideError
+from histoflow.plain_tiff import TIFF_SUFFIXES, to_rgb
 from histoflow.slide import PLAIN_IMAGE_MAX_PIXELS, Slide, open_slide
 
 log = logging.getLogger(__name__)
-
-TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 def tiff_sample_pages(path: str | os.PathLike) -> list[int]:
@@ -55,24 +54,6 @@ def is_page_stack(path: str | os.PathLike) -> bool:
     if openslide.OpenSlide.detect_format(str(path)) is not None:
         return False  # a pyramidal (tiled) TIFF or vendor TIFF: one slide
     return len(tiff_sample_pages(path)) > 1
-
-
-def to_rgb(page: np.ndarray) -> np.ndarray:
-    """A decoded page as RGB uint8: gray is repeated, alpha composited on white, 16 bit scaled."""
-    a = np.asarray(page)
-    if a.dtype == np.uint16:
-        a = (a.astype(np.uint32) * 255 + 32767) // 65535
-    elif a.dtype.kind == "f":
-        a = np.clip(a, 0, 1) * 255 + 0.5
-    a = a.astype(np.uint8)
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=2)
-    if a.ndim != 3 or a.shape[2] not in (3, 4):
-        raise ValueError(f"page of shape {page.shape} is not a gray, RGB or RGBA image")
-    if a.shape[2] == 4:
-        alpha = a[..., 3:4].astype(np.float32) / 255
-        a = (a[..., :3] * alpha + 255 * (1 - alpha) + 0.5).astype(np.uint8)
-    return a
 
 
 class PageSlide(Slide):
