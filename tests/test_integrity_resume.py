@@ -120,9 +120,16 @@ def test_same_slide_still_resumes(tmp_path, caplog):
 
 @pytest.mark.e2e
 def test_replaced_slide_with_older_mtime_reruns_its_stages(tmp_path):
+    from PIL import Image
+
     slide = make_slide(tmp_path / "slide.tif", 0)
     other = make_slide(tmp_path / "other.tif", 1)
-    samples = [{"sample": "s", "path": slide, "mpp": MPP}]
+    mask, other_mask = tmp_path / "mask.png", tmp_path / "other-mask.png"
+    left = np.zeros((64, 64), np.uint8)
+    left[:, :32] = 255
+    Image.fromarray(left).save(mask)
+    Image.fromarray(255 - left).save(other_mask)
+    samples = [{"sample": "s", "path": slide, "mpp": MPP, "mask": mask}]
     config = {"stages": ["mask"]}
     run_workflow(tmp_path, samples=samples, config=config)
     thumb = tmp_path / "results" / "s" / "mask" / "thumbnail.png"
@@ -134,6 +141,13 @@ def test_replaced_slide_with_older_mtime_reruns_its_stages(tmp_path):
     proc = run_workflow(tmp_path, samples=samples, config=config)
     assert "mask_tissue" in proc.stdout
     assert thumb.read_bytes() != before
+    # The same for the user mask.
+    mask_png = tmp_path / "results" / "s" / "mask" / "mask.png"
+    before = mask_png.read_bytes()
+    replace_file(other_mask, mask, keep_mtime=True)
+    proc = run_workflow(tmp_path, samples=samples, config=config)
+    assert "mask_tissue" in proc.stdout
+    assert mask_png.read_bytes() != before
 
 
 def test_complete_store_does_not_depend_on_slide_path_or_mtime(tmp_path):
