@@ -328,6 +328,18 @@ def test_engine_refuses_an_implausible_sheet_mpp(tmp_path, value):
         open_slide(path, sample="S1", mpp=value)
 
 
+def test_tiff_stack_pages_refuse_an_implausible_mpp(tmp_path):
+    import tifffile
+
+    path = tmp_path / "stack.tif"
+    with tifffile.TiffWriter(path) as tif:
+        for _ in range(2):
+            tif.write(np.full((20, 30, 3), 200, np.uint8))
+    assert len(open_samples(path, sample="S1", mpp=0.5)) == 2
+    with pytest.raises(SlideError, match=r"^sample 'S1', file '.*stack.tif': sheet field 'mpp'"):
+        open_samples(path, sample="S1", mpp=1e-9)
+
+
 def test_implausible_file_mpp_is_an_error_naming_the_field(tmp_path):
     rgb, _ = tissue_blocks(256, 256, seed=4)
     path = write_slide(tmp_path / "tiny_mpp.tif", rgb, mpp=1e-4)

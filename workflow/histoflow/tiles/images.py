@@ -23,6 +23,7 @@ import numpy as np
 import openslide
 from PIL import Image
 
+from histoflow.config import MPP_RANGE
 from histoflow.errors import SlideError
 from histoflow.plain_tiff import TIFF_SUFFIXES, to_rgb
 from histoflow.slide import PLAIN_IMAGE_MAX_PIXELS, Slide, open_slide
@@ -72,6 +73,14 @@ class PageSlide(Slide):
             raise SlideError(
                 "multi-page TIFF without resolution: set the 'mpp' column for this sample "
                 "in the sample sheet",
+                sample,
+                str(path),
+            )
+        low, high = MPP_RANGE
+        if not low <= mpp <= high:
+            raise SlideError(
+                f"sheet field 'mpp': {mpp:g} µm/px is outside what a microscope produces "
+                f"({low:g} to {high:g} µm/px)",
                 sample,
                 str(path),
             )
