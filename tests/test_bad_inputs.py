@@ -26,8 +26,8 @@ SLIDE_CASES = {
     " for this sample in the sample sheet (content is a PNG image, not a .svs slide",
     "no_mpp": "no resolution metadata (microns per pixel) in the file",
     "bad_mask": "user mask aspect ratio",
-    "bomb": "image header declares 100000 x 100000 px, more than the 1074 Mpx a plain image"
-    " may have (it is decoded whole); refused as a possible decompression bomb",
+    "bomb": "image header declares 100000 x 100000 px, more than the 1074 Mpx allowed"
+    " (it would be decoded whole); refused as a possible decompression bomb",
     "bomb_mask": "user mask (sheet field 'mask') header declares 100000 x 100000 px",
 }
 # Samples whose message names their user mask, not their slide.

@@ -240,7 +240,8 @@ def _sheet_error(tmp_path, sample: str) -> str:
 )
 def test_sheet_refuses_ids_snakemake_or_the_file_system_would(tmp_path, sample, expected):
     message = _sheet_error(tmp_path, sample)
-    assert f"sample sheet '{tmp_path / 's.tsv'}' line 2 (sample '{sample}')" in message
+    shown = sample if len(sample) <= 40 else f"{sample[:40]}…"
+    assert f"sample sheet '{tmp_path / 's.tsv'}' line 2 (sample '{shown}')" in message
     assert expected in message
 
 

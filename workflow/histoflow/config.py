@@ -178,7 +178,9 @@ def _read_sheet(path: Path) -> pd.DataFrame:
 def _sheet_record(raw: dict, path: Path, line: int, validator) -> dict:
     """One row, stripped, with mpp as a number, checked against samples.schema.yaml."""
     record = {k: v.strip() for k, v in raw.items() if isinstance(v, str) and v.strip() != ""}
-    where = f"sample sheet '{path}' line {line} (sample '{record.get('sample', '?')}')"
+    sample = record.get("sample", "?")
+    shown = sample if len(sample) <= 40 else f"{sample[:40]}…"  # a 300-character ID
+    where = f"sample sheet '{path}' line {line} (sample '{shown}')"
     if "mpp" in record:
         try:
             record["mpp"] = float(record["mpp"])

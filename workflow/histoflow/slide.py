@@ -81,8 +81,7 @@ def image_pixel_problem(path: str | os.PathLike, limit: int, what: str) -> str |
         return None
     return (
         f"{what} header declares {width} x {height} px, more than the {limit / 1e6:.4g} Mpx "
-        "a plain image may have (it is decoded whole); refused as a possible "
-        "decompression bomb"
+        "allowed (it would be decoded whole); refused as a possible decompression bomb"
     )
 
 
