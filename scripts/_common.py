@@ -74,8 +74,23 @@ def _fail(log: logging.Logger, line: str, trace: str | None = None) -> None:
     sys.exit(1)
 
 
+def _root_cause(exc: BaseException) -> BaseException:
+    """The disk-full or out-of-memory error behind `exc` (libraries re-raise them as
+    their own errors), else `exc`."""
+    seen, current = set(), exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, MemoryError) or (
+            isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT)
+        ):
+            return current
+        current = current.__cause__ or current.__context__
+    return exc
+
+
 def failure_line(exc: BaseException, snakemake) -> str:
     """One line for an error that is not a HistoflowError: what, sample, path, space."""
+    exc = _root_cause(exc)
     sample = getattr(snakemake.wildcards, "sample", None)
     where = [f"sample '{sample}'" if sample else f"rule {snakemake.rule}"]
     paths = [p for p in (getattr(exc, "filename", None), getattr(exc, "filename2", None)) if p]

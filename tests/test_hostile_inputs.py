@@ -437,6 +437,19 @@ def test_disk_full_without_a_path_names_the_jobs_folders(runner, tmp_path):
     assert " free on '" in line and str(tmp_path) in line
 
 
+def test_disk_full_behind_a_librarys_own_error_is_still_disk_full(runner):
+    call, log, stderr = runner
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "/scratch/x/0.0")
+        except OSError as cause:
+            raise RuntimeError("failed to write chunk") from cause
+    except RuntimeError as wrapped:
+        call(wrapped)
+    line = _one_line(log, stderr)
+    assert "sample 'S1', file '/scratch/x/0.0': disk full (No space left on device)" in line
+
+
 def test_out_of_memory_is_one_line_with_the_jobs_memory(runner):
     call, log, stderr = runner
     call(MemoryError("Unable to allocate 37.3 GiB for an array with shape (100000, 100000, 4)"))
