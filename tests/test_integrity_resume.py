@@ -162,3 +162,30 @@ def test_complete_store_does_not_depend_on_slide_path_or_mtime(tmp_path):
     attrs_a = dict(zarr.open_group(str(a), mode="r").attrs)
     assert "resume_key" not in attrs_a
     assert attrs_a == dict(zarr.open_group(str(b), mode="r").attrs)
+
+
+@pytest.mark.e2e
+def test_replaced_model_file_with_older_mtime_reruns_inference(tmp_path):
+    import torch
+    from test_infer import TinyNet, write_tiny_card
+
+    slide = make_slide(tmp_path / "slide.tif", 0)
+    model = tmp_path / "tiny.pt"
+    torch.jit.script(TinyNet().eval()).save(str(model))
+    other = TinyNet().eval()
+    with torch.no_grad():
+        other.cls.bias += 1.0  # other weights, same architecture and file size
+    torch.jit.script(other).save(str(tmp_path / "other.pt"))
+    samples = [{"sample": "s", "path": slide, "mpp": MPP}]
+    config = {
+        "stages": ["infer"],
+        "model": {"card": write_tiny_card(tmp_path, {"torchscript": "tiny.pt"})},
+        "inference": {"dtype": "float32", "batch_size": 64},
+    }
+    run_workflow(tmp_path / "run", samples=samples, config=config)
+    raw = tmp_path / "run" / "results" / "s" / "infer" / "raw.zarr"
+    before = zarr.open_group(str(raw), mode="r").attrs["weights_sha256"]
+    replace_file(tmp_path / "other.pt", model, keep_mtime=True)
+    proc = run_workflow(tmp_path / "run", samples=samples, config=config)
+    assert "infer_patches" in proc.stdout
+    assert zarr.open_group(str(raw), mode="r").attrs["weights_sha256"] != before
