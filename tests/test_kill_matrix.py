@@ -4,13 +4,14 @@ user's file; the kill matrix SIGKILLs each heavy rule part way (the HISTOFLOW_TE
 hook of histoflow.io.atomic) and finds no temporary file after the rerun."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_workflow
+from conftest import REPO, run_workflow
 from histoflow.io import atomic
 from histoflow.synthetic.tissue import tissue_blocks
 from histoflow.synthetic.writers import write_slide
@@ -20,6 +21,53 @@ def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+CHILD = """
+import sys, time
+sys.path.insert(0, {engine!r})
+{body}
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def sigkill_child(body: str) -> None:
+    """Run `body` in a child process and SIGKILL it once `body` is done."""
+    code = CHILD.format(engine=str(REPO / "workflow"), body=body)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_sigkilled_writer_leaves_nothing_after_the_next_write(tmp_path):
+    final = tmp_path / "out" / "maps.zarr"
+    sigkill_child(
+        "from histoflow.io.atomic import atomic_output\n"
+        f"cm = atomic_output({str(final)!r}); tmp = cm.__enter__(); tmp.mkdir()\n"
+        "(tmp / 'chunk').write_text('half')"
+    )
+    assert [p.name for p in final.parent.iterdir()]  # the killed writer left its temporary
+    with atomic.atomic_output(final) as tmp:
+        tmp.mkdir()
+    assert [p.name for p in final.parent.iterdir()] == ["maps.zarr"]
+
+
+def test_sigkilled_spill_cache_is_removed_by_the_next_merge(tmp_path):
+    from histoflow.merge.memory import SpillCache
+
+    sigkill_child(
+        "from histoflow.merge.memory import SpillCache\n"
+        f"SpillCache({str(tmp_path)!r}).new_dir().mkdir()"
+    )
+    assert list(tmp_path.iterdir())  # the killed merge left its spill cache
+    cache = SpillCache(str(tmp_path))
+    cache.new_dir()
+    cache.cleanup()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_stale_siblings_of_killed_writers_are_removed_and_user_files_kept(tmp_path):
