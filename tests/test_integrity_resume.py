@@ -189,3 +189,11 @@ def test_replaced_model_file_with_older_mtime_reruns_inference(tmp_path):
     proc = run_workflow(tmp_path / "run", samples=samples, config=config)
     assert "infer_patches" in proc.stdout
     assert zarr.open_group(str(raw), mode="r").attrs["weights_sha256"] != before
+
+
+def test_identity_never_reads_what_is_not_a_regular_file(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    record = fp.identity(fifo)  # returns at once: a FIFO is never opened
+    assert record.keys() == {"path", "mode"} and record["mode"].startswith("p")
+    assert fp.identity(tmp_path)["mode"].startswith("d")

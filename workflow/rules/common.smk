@@ -125,7 +125,10 @@ def file_identity(path):
         return None
     from histoflow.manifest.fingerprint import identity
 
-    return identity(path)
+    try:
+        return identity(path)
+    except OSError as exc:  # unreadable: the job reports it, naming sample and file
+        return {"path": str(path), "error": exc.strerror or type(exc).__name__}
 
 
 def get_slide_identity(wildcards):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import stat
 from pathlib import Path
 
 from histoflow.hashing import fast_sha256, sha256_file, tree_digest
@@ -60,6 +61,8 @@ def identity(path: str | os.PathLike | None) -> dict | None:
         return None
     path = Path(path)
     st = path.stat()
+    if not stat.S_ISREG(st.st_mode):  # a folder, FIFO or device is never read here
+        return {"path": str(path), "mode": stat.filemode(st.st_mode)}
     method = "sha256" if st.st_size <= FULL_HASH_LIMIT else "fast"
     key = (str(path), method, st.st_mtime_ns, st.st_size, st.st_ino)
     return copy.deepcopy(_identity(key))
