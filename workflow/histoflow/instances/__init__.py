@@ -1,7 +1,8 @@
 """extract_instances: slide-scale maps -> objects (nuclei, glands, regions), tile by tile.
 
 Modules, one concern each: `options` (the config section), `tasks` (model card ->
-post-processing tasks), `postprocess` (window -> labels / class map), `objects`
+post-processing tasks), `postprocess` (window -> labels / class map; the published
+HoVer-Net algorithm in `hovernet_published`, its whole-map extremes in `normalise`), `objects`
 (measurements, outlines), `regions` (semantic region pieces), `tiling` (grid and
 ownership rule), `schedule` (tile plan, strips, workers), `work` (one tile),
 `dedup` (cross-tile checks with STRtrees), `assemble` (tile results -> objects per
