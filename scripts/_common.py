@@ -59,11 +59,24 @@ def run(snakemake, main) -> None:
     from histoflow.errors import HistoflowError
 
     try:
+        decode_params(snakemake)
         main()
     except HistoflowError as exc:
         _fail(log, str(exc))
     except Exception as exc:  # MemoryError and OSError included
         _fail(log, failure_line(exc, snakemake), traceback.format_exc())
+
+
+def decode_params(snakemake) -> None:
+    """Undo the rule files' `report_safe` on every param, in place (histoflow.report_safe)."""
+    from histoflow.report_safe import decode
+
+    # Snakemake 9 rebuilds `snakemake.params` from this store on each access.
+    params = getattr(snakemake, "_params_store", None) or snakemake.params
+    for i, value in enumerate(params):
+        params[i] = decode(value)
+    for name in list(params.keys()):
+        setattr(params, name, decode(getattr(params, name)))
 
 
 def _fail(log: logging.Logger, line: str, trace: str | None = None) -> None:

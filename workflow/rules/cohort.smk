@@ -43,7 +43,7 @@ rule write_manifest:
 
 rule cohort_summary:
     input:
-        manifests=expand(sample_path("manifest_json"), sample=SAMPLES.index),
+        manifests=expand(sample_path("manifest_json"), sample=reported_samples()),
     output:
         tsv=report(
             str(COHORT.summary_tsv),
@@ -67,7 +67,7 @@ rule cohort_summary:
     resources:
         mem_mb=1000,
     params:
-        sheet=sheet_records(),
+        sheet=report_safe(sheet_records()),
         logs=LOGS,
         benchmarks=BENCHMARKS,
     script:

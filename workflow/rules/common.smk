@@ -1,6 +1,7 @@
 # Shared by every stage: config and sample-sheet validation, the path layout, and the
 # input functions. Functions only (snakemake --lint wants no functions in files with
 # rules); the stage files include nothing else.
+import functools
 import os
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from histoflow.config import load_sample_sheet, validate_config  # noqa: E402
+from histoflow.report_safe import encode as report_safe  # noqa: E402
 from histoflow.paths import (  # noqa: E402
     BENCHMARKS,
     COHORT as COHORT_ID,
@@ -73,8 +75,38 @@ def final_targets():
     for stage in config["stages"]:
         if stage not in STAGE_TARGETS:
             raise ValueError(f"config field 'stages': stage '{stage}' has no rules yet")
-        targets.extend(stage_targets(stage, SAMPLES.index))
+        targets.extend(stage_targets(stage, reported_samples()))
     return targets
+
+
+# `snakemake --report` builds the DAG of the same targets and stops at the first report
+# file a failed slide never wrote. When reporting, only slides whose results are all
+# there take part; the cohort table (written after the failed run) lists the others.
+REPORTING = "--report-after-run" not in sys.argv and any(
+    arg == "--report" or arg.startswith("--report=") for arg in sys.argv
+)
+
+
+def slide_finished(sample):
+    return all(
+        Path(target).exists()
+        for stage in config["stages"]
+        if stage != "cohort"
+        for target in stage_targets(stage, [sample])
+    )
+
+
+@functools.cache
+def reported_samples():
+    if not REPORTING:
+        return list(SAMPLES.index)
+    done = [sample for sample in SAMPLES.index if slide_finished(sample)]
+    left = [sample for sample in SAMPLES.index if sample not in done]
+    if left:
+        logger.warning(
+            f"report: {len(left)} slide(s) not finished, left out: {', '.join(left)}"
+        )
+    return done
 
 
 def get_sample_outputs(wildcards):
@@ -104,8 +136,10 @@ def get_slide(wildcards):
     return existing(sample_row(wildcards)["path"])
 
 
+# Params that hold user text (paths, sheet rows) go through report_safe: the HTML of
+# `snakemake --report` embeds params unescaped (histoflow.report_safe).
 def get_slide_path(wildcards):
-    return str(sample_row(wildcards)["path"])
+    return report_safe(str(sample_row(wildcards)["path"]))
 
 
 def get_user_mask(wildcards):
@@ -114,7 +148,7 @@ def get_user_mask(wildcards):
 
 def get_user_mask_path(wildcards):
     mask = sample_row(wildcards)["mask"]
-    return str(mask) if mask else ""
+    return report_safe(str(mask)) if mask else ""
 
 
 def file_identity(path):
@@ -126,9 +160,11 @@ def file_identity(path):
     from histoflow.manifest.fingerprint import identity
 
     try:
-        return identity(path)
+        return report_safe(identity(path))
     except OSError as exc:  # unreadable: the job reports it, naming sample and file
-        return {"path": str(path), "error": exc.strerror or type(exc).__name__}
+        return report_safe(
+            {"path": str(path), "error": exc.strerror or type(exc).__name__}
+        )
 
 
 def get_slide_identity(wildcards):
@@ -164,7 +200,7 @@ def sheet_records():
 
 
 def get_sheet_record(wildcards):
-    return sheet_record(wildcards.sample)
+    return report_safe(sheet_record(wildcards.sample))
 
 
 # ---- the model ----
@@ -205,7 +241,9 @@ def card_has_semantic_task():
 def slide_config():
     # The effective config of every slide: validated, defaults filled in. The sheet
     # path is left out: the same slide in another sheet has the same provenance.
-    return {key: value for key, value in config.items() if key != "samples"}
+    return report_safe(
+        {key: value for key, value in config.items() if key != "samples"}
+    )
 
 
 def write_summary_after_error():

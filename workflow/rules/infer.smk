@@ -27,8 +27,8 @@ rule infer_patches:
         slide_identity=get_slide_identity,
         model_identity=get_model_identity,
         mpp=get_sample_mpp,
-        card=config["model"]["card"],
-        weights=config["model"]["weights"],
-        options=config["inference"],
+        card=report_safe(config["model"]["card"]),
+        weights=report_safe(config["model"]["weights"]),
+        options=report_safe(config["inference"]),
     script:
         "../../scripts/infer_patches.py"

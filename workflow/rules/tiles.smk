@@ -50,7 +50,7 @@ rule infer_tiles:
         slide_identity=get_slide_identity,
         model_identity=files_identity(model_files(config["tiles"]["model"])),
         mpp=get_sample_mpp,
-        options=config["tiles"],
+        options=report_safe(config["tiles"]),
         mask_options=config["mask"],
     script:
         "../../scripts/infer_tiles.py"

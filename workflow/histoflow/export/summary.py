@@ -61,8 +61,14 @@ def density(count: int, area_mm2: float | None) -> float | None:
     return count / area_mm2 if area_mm2 and area_mm2 > 0 else None
 
 
+def tsv_text(value) -> str:
+    """`value` as one TSV field: a tab, newline or carriage return would shift columns."""
+    return str(value).replace("\t", " ").replace("\n", " ").replace("\r", " ")
+
+
 def class_columns(task: str, name: str) -> tuple[str, str]:
-    """Names of the count and density columns of one class."""
+    """Names of the count and density columns of one class (header keys are fields too)."""
+    task, name = tsv_text(task), tsv_text(name)
     return f"objects_{task}_{name}", f"density_{task}_{name}_per_mm2"
 
 
@@ -85,7 +91,7 @@ def format_cell(value, digits: int = DEFAULT_DIGITS) -> str:
         return str(value).lower()
     if isinstance(value, float):
         return f"{value:.{digits}f}"
-    return str(value).replace("\t", " ").replace("\n", " ")
+    return tsv_text(value)
 
 
 def format_row(row: dict) -> dict[str, str]:

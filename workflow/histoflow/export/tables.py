@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from histoflow.export.instances import object_uuid
+from histoflow.export.summary import tsv_text
 from histoflow.io.atomic import atomic_output
 from histoflow.io.instance_table import MEASURE_COLUMNS, open_instance_table
 
@@ -27,11 +28,6 @@ COLUMNS = (
 )
 
 
-def _text(value: str) -> str:
-    # Tabs or newlines in a class name would break the table.
-    return str(value).replace("\t", " ").replace("\n", " ")
-
-
 def export_objects_tsv(instances_path: str | Path, out_path: str | Path, sample: str) -> int:
     """Write the TSV; returns the number of objects (rows below the header)."""
     table = open_instance_table(instances_path)
@@ -43,10 +39,10 @@ def export_objects_tsv(instances_path: str | Path, out_path: str | Path, sample:
             for i, iid in enumerate(b["id"]):
                 fields = [
                     object_uuid(sample, iid),
-                    _text(iid),
-                    _text(b["task"][i]),
+                    tsv_text(iid),
+                    tsv_text(b["task"][i]),
                     str(int(b["class_id"][i])),
-                    _text(b["class_name"][i]),
+                    tsv_text(b["class_name"][i]),
                     f"{b['probability'][i]:.4f}",
                     *(f"{b[c][i]:.2f}" for c in MEASURE_COLUMNS),
                     f"{float(b['area_px'][i]) * mpp2:.3f}",
