@@ -4,14 +4,16 @@ import _common
 
 
 def main():
-    import torch
+    from histoflow.inference.threads import prefer_huge_pages, use_threads
+
+    prefer_huge_pages()  # before torch's first import
     from histoflow.inference.runner import InferenceOptions, run
     from histoflow.io.mask_files import read_mask
     from histoflow.models.card import load_dense_card
     from histoflow.models.loader import load_model
 
     sm = snakemake  # noqa: F821 - injected by Snakemake
-    torch.set_num_threads(max(1, sm.threads))
+    threads = use_threads(sm.threads)
     card = load_dense_card(sm.params.card, sm.params.weights)
     model = load_model(card)
     mask, mask_meta = read_mask(sm.input.mask, sm.input.mask_meta)
@@ -25,6 +27,7 @@ def main():
         mpp_override=sm.params.mpp,
         mask=mask,
         mask_meta=mask_meta,
+        threads=threads,
     )
 
 

@@ -1,5 +1,5 @@
 # Stage 2: batched patch inference on the GPU (or CPU); raw per-patch outputs to Zarr.
-
+from histoflow.inference import threads as infer_threads
 
 STAGE_TARGETS["infer"] = [sample_path("raw_zarr")]
 
@@ -18,7 +18,8 @@ rule infer_patches:
         rule_benchmark("infer_patches")
     conda:
         "../../envs/inference.yaml"
-    threads: max(1, config["inference"]["num_workers"])
+    # The job's cores: torch's intra-op threads; loader workers are inference.num_workers.
+    threads: infer_threads.rule_threads(config["inference"], workflow)
     resources:
         gpu=1,
         mem_mb=4000,

@@ -10,9 +10,12 @@ dataset, the loader and the normalised forward loop.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -21,6 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from histoflow.errors import ConfigError
 from histoflow.slide import Slide, open_slide
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Batches each loader worker keeps ready: enough to hide a slow read behind the model.
@@ -123,26 +128,124 @@ def make_loader(
     )
 
 
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+
+
+def memory_format(name: str, device: torch.device) -> torch.memory_format:
+    """The layout of model input and weights for config value `name` on `device`.
+
+    'auto' is channels_last on CPU and CUDA, where convolutions have a fast path in that
+    layout (oneDNN, cuDNN) and a contiguous NCHW input makes the CPU reorder every
+    batch; other devices keep contiguous tensors.
+    """
+    if name == "auto":
+        name = "channels_last" if device.type in ("cpu", "cuda") else "contiguous"
+    return torch.channels_last if name == "channels_last" else torch.contiguous_format
+
+
+def prepare_model(
+    model: torch.nn.Module, device: torch.device, layout: torch.memory_format
+) -> torch.nn.Module:
+    """`model` on `device` with its 4-d weights in `layout` (TorchScript and exported
+    modules included: only the parameters' strides change, never their values)."""
+    return model.to(device=device, memory_format=layout)
+
+
+def compile_model(
+    model: torch.nn.Module, example: torch.Tensor, precision: str = "none"
+) -> torch.nn.Module:
+    """`torch.compile(model)`, tried on `example` (a batch of the job's shape on the
+    model's device), or `model` itself with a warning saying why where compiling does not
+    work (TorchScript, no compiler toolchain, an unsupported operation)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        log.warning(
+            "inference.compile: a TorchScript model cannot go through torch.compile; "
+            "running it as TorchScript"
+        )
+        return model
+    compiled = torch.compile(model)
+    autocast = PRECISIONS[precision] if example.device.type == "cuda" else None
+    try:
+        with (
+            torch.inference_mode(),
+            torch.autocast("cuda", dtype=autocast or torch.float16, enabled=autocast is not None),
+        ):
+            compiled(example)
+    except Exception as exc:  # torch.compile fails in many ways (backend, toolchain, op)
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        log.warning(
+            "inference.compile: torch.compile does not work for this model here "
+            "(%s: %s); running it uncompiled",
+            type(exc).__name__,
+            first,
+        )
+        return model
+    log.info("inference.compile: model compiled with torch.compile")
+    return compiled
+
+
 class Normaliser:
     """Turns a (B, h, w, 3) uint8 batch into the model's (B, 3, h, w) float input on `device`.
 
-    `spec` is the card's `input` section: x / scale, then (x - mean) / std per channel.
-    `contiguous` gives a contiguous NCHW tensor; otherwise the channels-last view of
-    the batch is kept (tile models have always received that layout, and a layout
-    change may change a kernel's rounding).
+    `spec` is the card's `input` section: x / scale, then (x - mean) / std per channel,
+    computed in place in one float buffer per batch shape, reused from batch to batch
+    (a fresh buffer per batch is a fresh mapping of pages to fault in). `layout`
+    (`torch.channels_last` or `torch.contiguous_format`) is the buffer's memory layout;
+    `contiguous=False` keeps the channels-last view of the batch (the layout tile models
+    have always received). The same arithmetic in either layout, so the values are the
+    same.
     """
 
-    def __init__(self, spec: dict, device: torch.device, contiguous: bool):
-        self.device, self.contiguous = device, contiguous
+    def __init__(
+        self,
+        spec: dict,
+        device: torch.device,
+        contiguous: bool = False,
+        layout: torch.memory_format | None = None,
+    ):
+        self.device = device
+        self.layout = layout or (torch.contiguous_format if contiguous else torch.channels_last)
         self.mean = torch.tensor(spec["mean"], device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(spec["std"], device=device).view(1, 3, 1, 1)
         self.scale = float(spec["scale"])
+        self._buffer: torch.Tensor | None = None
+
+    def _buffer_for(self, shape: torch.Size) -> torch.Tensor:
+        if self._buffer is None or self._buffer.shape != shape:
+            self._buffer = torch.empty(
+                shape, dtype=torch.float32, device=self.device, memory_format=self.layout
+            )
+        return self._buffer
+
+    @property
+    def buffer(self) -> torch.Tensor | None:
+        """The reused input buffer (None before the first batch)."""
+        return self._buffer
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """The normalised model input of `batch`."""
+        """The normalised model input of `batch` (valid until the next call)."""
         x = batch.to(self.device, non_blocking=self.device.type == "cuda").permute(0, 3, 1, 2)
-        x = (x.float() / self.scale - self.mean) / self.std
-        return x.contiguous() if self.contiguous else x
+        out = self._buffer_for(x.shape)
+        out.copy_(x)
+        return out.div_(self.scale).sub_(self.mean).div_(self.std)
+
+
+@dataclass
+class ForwardStats:
+    """Where a forward loop's wall time went: waiting for the loader vs everything else."""
+
+    batches: int = 0
+    patches: int = 0
+    loader_wait_s: float = 0.0
+    wall_s: float = 0.0
+
+    def summary(self) -> str:
+        """One log line: patches, wall, loader wait and its share."""
+        share = self.loader_wait_s / self.wall_s if self.wall_s else 0.0
+        return (
+            f"{self.patches} patches in {self.batches} batches, {self.wall_s:.1f} s; "
+            f"waiting for the loader {self.loader_wait_s:.1f} s ({share:.0%})"
+        )
 
 
 def forward_batches(
@@ -150,19 +253,33 @@ def forward_batches(
     loader: DataLoader,
     normalise: Normaliser,
     precision: str = "none",
+    stats: ForwardStats | None = None,
 ) -> Iterator[tuple[int, object]]:
     """(batch length, model output) per batch, under inference mode.
 
     `precision` ('none', 'bf16', 'fp16') runs the model under CUDA autocast; it is
     ignored off CUDA. The caller's handling of each output runs in inference mode too.
+    `stats`, when given, collects the loader wait (time blocked on the next batch).
     """
     autocast = PRECISIONS[precision] if normalise.device.type == "cuda" else None
+    stats = stats if stats is not None else ForwardStats()
+    start = time.perf_counter()
     with torch.inference_mode():
-        for batch in loader:
+        batches = iter(loader)
+        while True:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            stats.loader_wait_s += time.perf_counter() - t0
+            if batch is None:
+                break
             x = normalise(batch)
+            stats.batches += 1
+            stats.patches += len(batch)
             if autocast is None:
-                yield len(batch), model(x)
+                out = model(x)
             else:
                 with torch.autocast("cuda", dtype=autocast):
                     out = model(x)
-                yield len(batch), out
+            yield len(batch), out
+            stats.wall_s = time.perf_counter() - start
+    stats.wall_s = time.perf_counter() - start

@@ -15,8 +15,9 @@ import torch
 from tqdm import tqdm
 
 from histoflow.config import schema_defaults
-from histoflow.inference import core
+from histoflow.inference import core, devices
 from histoflow.inference.grid import PatchGrid, make_grid
+from histoflow.inference.threads import loader_workers
 from histoflow.io.raw_zarr import RawZarrWriter
 from histoflow.manifest.fingerprint import identity
 from histoflow.models.card import ModelCard
@@ -34,9 +35,11 @@ class InferenceOptions:
     """The config section `inference`; defaults come from the config schema."""
 
     batch_size: int
-    num_workers: int
+    num_workers: int | str
     device: str
     precision: str
+    memory_format: str
+    compile: bool
     stride: tuple[int, int] | None
     min_tissue_fraction: float
     dtype: str
@@ -119,20 +122,28 @@ def raw_attrs(
     }
 
 
-def head_arrays(card: ModelCard, raw, out_dtype: torch.dtype) -> dict[str, np.ndarray]:
-    """Each head's activated output as an (B, h, w, C) array of `out_dtype`."""
+def head_arrays(
+    card: ModelCard, raw, out_dtype: torch.dtype, reused: torch.Tensor | None = None
+) -> dict[str, np.ndarray]:
+    """Each head's activated output as an (B, h, w, C) array of `out_dtype`.
+
+    `reused` is the input buffer the normaliser overwrites with the next batch: an
+    output that is a view of it (an identity-like model) is copied, as the arrays are
+    written after the next batch has been read.
+    """
     outs = outputs_by_head(card, raw)
-    # Cast on the device, then one contiguous NHWC copy: cheaper than numpy's astype on
-    # the strided view, and half the device-to-host bytes for float16.
-    return {
-        h["name"]: activate(outs[h["name"]].float(), h["activation"])
-        .to(out_dtype)
-        .permute(0, 2, 3, 1)
-        .contiguous()
-        .cpu()
-        .numpy()
-        for h in card.heads
-    }
+    arrays = {}
+    for h in card.heads:
+        # Activation and cast on the device, then one contiguous NHWC copy to the host:
+        # free for a channels-last output, and half the bytes for float16.
+        t = activate(outs[h["name"]].float(), h["activation"]).to(out_dtype)
+        t = t.permute(0, 2, 3, 1).contiguous()
+        if reused is not None and t.untyped_storage().data_ptr() == (
+            reused.untyped_storage().data_ptr()
+        ):
+            t = t.clone()
+        arrays[h["name"]] = t.cpu().numpy()
+    return arrays
 
 
 def run(
@@ -145,13 +156,49 @@ def run(
     mpp_override: float | None = None,
     mask: np.ndarray | None = None,
     mask_meta: dict | None = None,
+    threads: int | None = None,
+    stats: core.ForwardStats | None = None,
 ) -> PatchGrid:
     """Predict every tissue patch of one slide into raw.zarr at `out_path`; returns the grid.
 
     A partial store left by an interrupted run with the same slide (size, mtime, content
-    hash), grid and options is resumed; any other partial store is discarded.
+    hash), grid and options is resumed; any other partial store is discarded. `threads`
+    is the job's cores (torch's intra-op threads, set by the caller; None: torch's
+    current count), from which `num_workers: auto` is sized. A CUDA device is claimed
+    through its slot lock for the whole run (histoflow.inference.devices). `stats`
+    collects the forward loop's loader wait.
     """
-    device = core.pick_device(opts.device, "inference.device")
+    with devices.claim_device(opts.device, "inference.device") as device:
+        return _run_on(
+            device,
+            slide_path,
+            card,
+            model,
+            out_path,
+            opts,
+            sample,
+            mpp_override,
+            mask,
+            mask_meta,
+            threads or torch.get_num_threads(),
+            stats if stats is not None else core.ForwardStats(),
+        )
+
+
+def _run_on(
+    device,
+    slide_path,
+    card,
+    model,
+    out_path,
+    opts,
+    sample,
+    mpp_override,
+    mask,
+    mask_meta,
+    threads,
+    stats,
+) -> PatchGrid:
     core.prepare_process(device)
     with open_slide(slide_path, sample=sample, mpp=mpp_override) as slide:
         grid, shape = plan_grid(slide, card, opts, mask, mask_meta)
@@ -168,13 +215,19 @@ def run(
         background=True,
         inputs={"slide": identity(slide_path)},
     )
+    workers = loader_workers(opts.num_workers, threads, device.type)
+    layout = core.memory_format(opts.memory_format, device)
     log.info(
-        "%d patches (grid %dx%d, stride %s) at %.3f µm/px, %d to compute",
+        "%d patches (grid %dx%d, stride %s) at %.3f µm/px, %d to compute; torch threads %d, "
+        "loader workers %d, layout %s",
         len(grid.boxes),
         *grid.grid_shape,
         list(grid.stride),
         card.mpp,
         writer.remaining,
+        torch.get_num_threads(),
+        workers,
+        str(layout).removeprefix("torch."),
     )
     boxes = grid.input_boxes()[writer.written :]
     regions = np.column_stack(
@@ -183,8 +236,14 @@ def run(
     dataset = core.SlideRegions(
         core.slide_opener(slide_path, sample, mpp_override), regions, card.mpp
     )
-    loader = core.make_loader(dataset, opts.batch_size, opts.num_workers, device)
-    normalise = core.Normaliser(card.card["input"], device, contiguous=True)
+    loader = core.make_loader(dataset, opts.batch_size, workers, device)
+    normalise = core.Normaliser(card.card["input"], device, layout=layout)
+    model = core.prepare_model(model, device, layout)
+    if opts.compile and len(boxes):
+        example = torch.zeros(
+            (min(opts.batch_size, len(boxes)), 3, *card.patch_input), device=device
+        ).to(memory_format=layout)
+        model = core.compile_model(model, example, opts.precision)
     bar = tqdm(
         total=len(grid.boxes),
         initial=writer.written,
@@ -195,8 +254,8 @@ def run(
     )
     out_dtype = OUTPUT_DTYPES[opts.dtype]
     try:
-        for n, raw in core.forward_batches(model.to(device), loader, normalise, opts.precision):
-            writer.append(head_arrays(card, raw, out_dtype))
+        for n, raw in core.forward_batches(model, loader, normalise, opts.precision, stats):
+            writer.append(head_arrays(card, raw, out_dtype, normalise.buffer))
             bar.update(n)
     except BaseException:
         writer.abort()  # chunks already on disk stay, for a resume
@@ -204,8 +263,9 @@ def run(
     bar.close()
     writer.close()
     log.info(
-        "wrote %s (%.1f patches/s)",
+        "wrote %s (%.1f patches/s); %s",
         out_path,
         bar.format_dict["n"] / max(bar.format_dict["elapsed"], 1e-9),
+        stats.summary(),
     )
     return grid
