@@ -41,3 +41,23 @@ def test_heatmap_blends_only_covered_pixels(tmp_path):
     assert np.abs(img[10, 10] - hot).max() <= 1
     assert np.abs(img[10, 140] - cold).max() <= 1
     assert (img[150:] == 200).all()  # no patch: plain slide
+
+
+def test_strided_read_keeps_no_band_alive(tmp_path):
+    import tracemalloc
+
+    from histoflow.merge.heatmap import strided
+
+    values = np.random.default_rng(0).random((2000, 200, 3)).astype(np.float16)
+    array = zarr.create_array(
+        tmp_path / "a.zarr", shape=values.shape, chunks=(40, 200, 3), dtype="f2"
+    )
+    array[:] = values
+    tracemalloc.start()
+    got = strided(array, 10, 40, channel=1)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert np.array_equal(got, values[::10, ::10, 1])
+    # Memory follows one band and the thumbnail, not the slide: views of each band
+    # would keep every band (the whole array) alive until the end.
+    assert peak < values.nbytes / 4, (peak, values.nbytes)

@@ -43,14 +43,18 @@ def pick_head(maps: MapsZarr) -> tuple[str, int]:
 
 
 def strided(array: zarr.Array, step: int, band: int, channel: int | None = None) -> np.ndarray:
-    """array[::step, ::step(, channel)], read one band of rows at a time."""
+    """array[::step, ::step(, channel)], read one band of rows at a time.
+
+    Each band's kept rows are copied out, so the band buffer is freed before the next
+    read: a view would keep every band alive and memory would grow with slide height.
+    """
     h = array.shape[0]
     rows = []
     for y0 in range(0, h, band):
-        block = array[y0 : min(h, y0 + band)]
-        if channel is not None:
-            block = block[..., channel]
-        rows.append(block[(-y0) % step :: step, ::step])
+        rows_sel = slice(y0, min(h, y0 + band))
+        block = array[rows_sel] if channel is None else array[rows_sel, :, channel]
+        rows.append(np.array(block[(-y0) % step :: step, ::step], copy=True))
+        del block
     return np.concatenate(rows)
 
 
