@@ -15,7 +15,7 @@ def main():
         sm.wildcards.sample,
         sm.input.mask,
         sm.input.instances,
-        raw=sm.input.raw,
+        maps=sm.input.maps,
         benchmarks=benchmarks,
         timings=sm.params.timings,
     )

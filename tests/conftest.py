@@ -15,6 +15,14 @@ sys.path.insert(0, str(REPO / "workflow"))
 
 DEMO_SLIDE = REPO / "data" / "cmu_small_region.svs"
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+# The shared demo run: the default config, with the intermediate stores kept and the
+# map copies on, so that the tests can read every file the workflow can write.
+DEMO_CONFIG = {
+    "keep": ["raw", "maps"],
+    "export": {
+        "formats": ["geojson", "sqlite", "tsv", "summary", "zarr", "hdf5", "npz", "ometiff"]
+    },
+}
 DEMO_SAMPLE = "demo"
 
 # Whether the running test is marked e2e; `make unit` deselects those, so a Snakemake
@@ -37,10 +45,11 @@ def demo_slide() -> Path:
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory, demo_slide) -> Path:
-    """The demo cohort (one sample, 'demo') through the default config, run once per
-    session and shared read-only by the tests that check its outputs."""
+    """The demo cohort (one sample, 'demo') through the default config with every store
+    kept and every export format on (DEMO_CONFIG), run once per session and shared
+    read-only by the tests that check its outputs."""
     workdir = tmp_path_factory.mktemp("demo-run")
-    run_workflow(workdir, samples=[{"sample": DEMO_SAMPLE, "path": demo_slide}])
+    run_workflow(workdir, samples=[{"sample": DEMO_SAMPLE, "path": demo_slide}], config=DEMO_CONFIG)
     return workdir
 
 

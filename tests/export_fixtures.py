@@ -89,6 +89,7 @@ def make_maps(path: Path, height: int = 300, width: int = 420, band_rows: int = 
             "shape": [height, width],
             "heads": MODEL["heads"],
             "band_rows": band_rows,
+            "patches": 12,  # as merge records it: the patches of make_raw
         },
     )
     for name, data in map_values(height, width).items():

@@ -106,7 +106,9 @@ def test_blank_slide_runs_every_stage_with_empty_outputs(tmp_path):
 
     Image.fromarray(np.full((700, 600, 3), 246, np.uint8)).save(tmp_path / "blank.png")
     run_workflow(
-        tmp_path, samples=[{"sample": "blank", "path": tmp_path / "blank.png", "mpp": 0.5}]
+        tmp_path,
+        samples=[{"sample": "blank", "path": tmp_path / "blank.png", "mpp": 0.5}],
+        config={"keep": ["raw", "maps"]},
     )
     res = tmp_path / "results" / "blank"
     assert zarr.open_group(str(res / "infer" / "raw.zarr"), mode="r")["boxes"].shape[0] == 0

@@ -13,9 +13,10 @@ import shapely
 import tifffile
 import yaml
 import zarr
-from conftest import DEMO_SAMPLE, REPO
+from conftest import DEMO_CONFIG, DEMO_SAMPLE, REPO
 from histoflow.export import dense, geojson, ometiff, sqlite_store, summary, tables
 from histoflow.export.instances import object_uuid
+from histoflow.io.maps_zarr import open_maps
 from shapely.geometry import shape
 
 pytestmark = pytest.mark.e2e
@@ -26,9 +27,9 @@ FORMATS = ["geojson", "sqlite", "tsv", "summary", "zarr", "hdf5", "npz", "ometif
 
 @pytest.fixture(scope="module")
 def demo(demo_run):
-    # The shared session run: the default config writes every format.
+    # The shared session run: every format on (conftest.DEMO_CONFIG).
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    assert cfg["export"]["formats"] == FORMATS and "export" in cfg["stages"]
+    assert DEMO_CONFIG["export"]["formats"] == FORMATS and "export" in cfg["stages"]
     workdir = demo_run
     res = workdir / "results" / SAMPLE
     out = res / "export"
@@ -128,7 +129,8 @@ def test_heatmap_pyramid(demo):
         assert pixels["SizeC"] == sum(h["channels"] for h in prob)
         base = levels[0].asarray().reshape(pixels["SizeC"], *maps.attrs["shape"])
     head = prob[0]["name"]
-    np.testing.assert_array_equal(base[0], ometiff.encode(maps[head][..., 0], "uint8"))
+    values = open_maps(res / "merge" / "maps.zarr").read_rows([head], 0, base.shape[1])[head]
+    np.testing.assert_array_equal(base[0], ometiff.encode(values[..., 0], "uint8"))
 
 
 def test_rerun_of_the_engine_gives_the_same_bytes(demo, tmp_path):

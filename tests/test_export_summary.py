@@ -24,7 +24,7 @@ def inputs(tmp_path):
         "mask_json": fx.make_mask_json(tmp_path / "mask.json", tissue_area_mm2=0.5),
         "instances": fx.make_instances(tmp_path / "instances.parquet", n=60),
         # 3 rows of 4 patches of 64 px: 12 patches.
-        "raw": write_raw(tmp_path / "raw.zarr", (192, 256), (64, 64), (64, 64), {"p": 1}),
+        "maps": write_raw(tmp_path / "raw.zarr", (192, 256), (64, 64), (64, 64), {"p": 1}),
         "benchmarks": {
             "mask_tissue": fx.make_benchmark(tmp_path / "b" / "mask_tissue.tsv", 1.5),
             "extract_instances": fx.make_benchmark(tmp_path / "b" / "extract.tsv", 12.25),

@@ -68,7 +68,7 @@ def test_formats_switch_on_and_off(tmp_path, demo_slide):
 
     run_workflow(
         tmp_path,
-        config={"stages": ["export"], "export": {"heatmap": {"tile": 64}}},
+        config={"stages": ["export"], "export": {"heatmap": {"tile": 64}, "formats": [*SUFFIXES]}},
         **common,
     )
     assert sorted(p.name for p in out.iterdir()) == sorted(

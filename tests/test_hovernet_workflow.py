@@ -101,6 +101,7 @@ def test_published_card_end_to_end(tmp_path, demo_slide, name):
         "inference": {"min_tissue_fraction": 0.0, "batch_size": 4},
         "instances": {"workers": 1},
         "export": {"formats": ["geojson", "tsv"]},
+        "keep": ["raw", "maps"],  # raw.zarr is checked below
     }
     samples = [{"sample": "crop", "path": str(tmp_path / "crop.png"), "mpp": mpp}]
     run = tmp_path / "run"

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import zarr
 from conftest import run_workflow
+from histoflow.io.maps_zarr import open_maps
 from histoflow.merge import resources
 from histoflow.synthetic.tissue import tissue_blocks
 from histoflow.synthetic.writers import write_png
@@ -47,6 +48,7 @@ def test_slide_to_maps_with_overlap_and_forced_spilling(tmp_path):
             # Stride below the 256 px output: every band overlaps the next (fold path).
             "inference": {"stride": 192},
             "merge": {"memory_percent": 0, "band_rows": 100},
+            "keep": ["raw", "maps"],
         },
         # A flag last, so --default-resources does not swallow what follows.
         args=["--default-resources", f"tmpdir='{jobtmp}'", "-p"],
@@ -59,14 +61,20 @@ def test_slide_to_maps_with_overlap_and_forced_spilling(tmp_path):
 
     expect, count = naive_merge(raw)
     cov = maps["coverage"][...]
-    assert cov.dtype == np.uint16 and maps["coverage"].chunks == (100, width)
+    # merge.encoding compact: counts up to 4 fit uint8; probabilities uint8, others float16
+    assert cov.dtype == np.uint8 and maps["coverage"].chunks == (100, width)
     np.testing.assert_array_equal(cov, count)
     assert cov.max() == 4  # 2x2 overlap of 256 px patches at stride 192
     assert (cov == 0).any()  # masked-out background: "no patch here"
+    reader = open_maps(tmp_path / "results" / "cmu" / "merge" / "maps.zarr")
     for name, ref in expect.items():
-        merged = maps[name][...]
-        assert merged.dtype == np.float32 and maps[name].chunks == (100, width, ref.shape[2])
-        np.testing.assert_allclose(merged, ref, rtol=1e-5, atol=1e-6, err_msg=name)
+        enc = maps.attrs["encodings"][name]
+        assert maps[name].dtype == enc["dtype"] and maps[name].chunks == (100, width, ref.shape[2])
+        merged = reader.read_rows([name], 0, height)[name]
+        if enc["dtype"] == "uint8":  # half a 1/255 step
+            np.testing.assert_allclose(merged, ref, rtol=0, atol=1 / 510 + 1e-6, err_msg=name)
+        else:  # float16: 11 bits of mantissa
+            np.testing.assert_allclose(merged, ref, rtol=2**-11, atol=1e-6, err_msg=name)
         assert not merged[cov == 0].any()
 
     log = (tmp_path / "logs" / "merge_patches" / "cmu.log").read_text()

@@ -21,6 +21,20 @@ NO_SPILL = dict(memory_percent=100.0)
 FORCE_SPILL = dict(memory_percent=0.0)
 
 
+@pytest.fixture(autouse=True)
+def float32_maps(monkeypatch):
+    # The merge arithmetic is checked in float32 maps; the compact stored types have
+    # their own tests (test_compact_maps.py).
+    import histoflow.merge.options as merge_options
+
+    real = merge_options.schema_defaults
+    monkeypatch.setattr(
+        merge_options,
+        "schema_defaults",
+        lambda section: {**real(section), "encoding": "float32"},
+    )
+
+
 def naive_merge(raw_path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Full-slide float64 canvas: sum every patch, count every patch, divide."""
     raw = open_raw(raw_path)

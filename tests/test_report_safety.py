@@ -47,7 +47,7 @@ def test_tab_in_a_class_name_keeps_the_summary_columns(tmp_path, monkeypatch):
         "S1",
         mask_json=fx.make_mask_json(tmp_path / "mask.json"),
         instances=fx.make_instances(tmp_path / "instances.parquet", n=10),
-        raw=raw,
+        maps=raw,
         benchmarks={},
     )
     out = tmp_path / "S1.summary.tsv"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import REPO, run_workflow
+from conftest import DEMO_CONFIG, REPO, run_workflow
 from histoflow.config import load_schema
 from histoflow.manifest import compare_trees
 
@@ -76,7 +76,7 @@ def two_slides(tmp_path_factory, demo_slide):
 
 
 def test_two_fresh_runs_give_identical_results(full_run, tmp_path, demo_slide):
-    run_workflow(tmp_path, samples=demo(demo_slide))
+    run_workflow(tmp_path, samples=demo(demo_slide), config=DEMO_CONFIG)
     verdicts = compare_trees(full_run / "results", tmp_path / "results")
     bad = {path: v for path, v in verdicts.items() if v.startswith(("DIFFERS", "MISSING"))}
     assert not bad, bad
@@ -95,7 +95,7 @@ def test_two_fresh_runs_give_identical_results(full_run, tmp_path, demo_slide):
 
 
 def test_nothing_to_do_after_a_run(full_run, demo_slide):
-    proc = run_workflow(full_run, samples=demo(demo_slide), args=["-n"])
+    proc = run_workflow(full_run, samples=demo(demo_slide), config=DEMO_CONFIG, args=["-n"])
     assert planned_jobs(proc.stdout) == {}, proc.stdout[-2000:]
 
 
@@ -103,7 +103,7 @@ def test_changed_mask_setting_reruns_mask_and_downstream_only(full_run, demo_sli
     proc = run_workflow(
         full_run,
         samples=demo(demo_slide),
-        config={"mask": {"closing_um": 30.0}},
+        config={**DEMO_CONFIG, "mask": {"closing_um": 30.0}},
         args=["-n", "--rerun-triggers", "params"],
     )
     jobs = planned_jobs(proc.stdout)
@@ -135,7 +135,9 @@ def test_report_builds_offline(full_run, demo_slide, monkeypatch):
     # Any attempt to reach the network goes to a closed port and fails.
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
-    proc = run_workflow(full_run, samples=demo(demo_slide), args=["--report", "report.html"])
+    proc = run_workflow(
+        full_run, samples=demo(demo_slide), config=DEMO_CONFIG, args=["--report", "report.html"]
+    )
     report = (full_run / "report.html").read_text()
     assert "results/cohort/summary.html" in report, proc.stdout[-2000:]
     assert "results/demo/mask/overlay.png" in report

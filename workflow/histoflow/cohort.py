@@ -105,9 +105,13 @@ def mask_facts(paths: SamplePaths) -> dict:
     return facts | {key: mask.get(key) for key in MASK_COLUMNS}
 
 
-def _patches(raw_zarr: Path) -> int | None:
-    """Patches in raw.zarr; None when it is absent (temporary, or inference did not run)."""
-    return count_patches(raw_zarr) if raw_zarr.exists() else None
+def _patches(paths: SamplePaths) -> int | None:
+    """Patches inference ran on (maps.zarr records them; raw.zarr may be temporary);
+    None when neither store is there."""
+    for store in (paths.maps_zarr, paths.raw_zarr):
+        if store.exists():
+            return count_patches(store)
+    return None
 
 
 def slide_row(
@@ -126,7 +130,7 @@ def slide_row(
     row: dict = {"sample": sample, "slide": sheet_row.get("path")}
     row |= slide_status(paths, sheet_row, Path(logs_dir))
     row |= mask_facts(paths)
-    row["patches"] = _patches(paths.raw_zarr)
+    row["patches"] = _patches(paths)
     if paths.instances_parquet.is_file():
         row["classes"] = class_counts(open_instance_table(paths.instances_parquet))
     row["times"] = {rule: t["s"] for rule, t in rule_timings(benchmarks_dir, sample).items()}

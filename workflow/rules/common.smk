@@ -109,6 +109,30 @@ def reported_samples():
     return done
 
 
+# ---- intermediate stores (config keep) ----
+
+# The stages that read each store (directly or through the next store).
+STORE_READERS = {
+    "raw": ("merge", "instances", "export"),
+    "maps": ("instances", "export"),
+}
+
+
+def store_is_temporary(store):
+    # Removed once read, unless kept; a store no later stage asks for is the result.
+    readers = STORE_READERS[store]
+    return store not in config["keep"] and any(s in config["stages"] for s in readers)
+
+
+def store_output(store, path):
+    return temp(directory(path)) if store_is_temporary(store) else directory(path)
+
+
+def store_targets(store, path):
+    # A temporary store is not a final target, as Snakemake keeps every final target.
+    return [] if store_is_temporary(store) else [path]
+
+
 def get_sample_outputs(wildcards):
     # Final files of this slide from every enabled per-slide stage: the manifest is
     # written after them and lists what they are.

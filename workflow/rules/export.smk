@@ -87,7 +87,7 @@ rule export_tsv:
 rule export_summary:
     input:
         mask=sample_path("mask_json"),
-        raw=sample_path("raw_zarr"),
+        maps=sample_path("maps_zarr"),
         instances=EXPORT_INSTANCES,
         benchmarks=EXPORT_BENCHMARKS,
     output:

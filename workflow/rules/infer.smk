@@ -1,7 +1,7 @@
 # Stage 2: batched patch inference on the GPU (or CPU); raw per-patch outputs to Zarr.
 from histoflow.inference import threads as infer_threads
 
-STAGE_TARGETS["infer"] = [sample_path("raw_zarr")]
+STAGE_TARGETS["infer"] = store_targets("raw", sample_path("raw_zarr"))
 
 
 rule infer_patches:
@@ -11,7 +11,7 @@ rule infer_patches:
         mask_meta=sample_path("mask_json"),
         model=get_model_files,
     output:
-        raw=directory(sample_path("raw_zarr")),
+        raw=store_output("raw", sample_path("raw_zarr")),
     log:
         rule_log("infer_patches"),
     benchmark:

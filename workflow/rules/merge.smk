@@ -2,14 +2,14 @@
 # Stage 3: raw per-patch outputs -> slide-scale maps per head, one band of rows at a time.
 from histoflow.merge import resources as merge_resources
 
-STAGE_TARGETS["merge"] = [sample_path("maps_zarr")]
+STAGE_TARGETS["merge"] = store_targets("maps", sample_path("maps_zarr"))
 
 
 rule merge_patches:
     input:
         raw=sample_path("raw_zarr"),
     output:
-        maps=directory(sample_path("maps_zarr")),
+        maps=store_output("maps", sample_path("maps_zarr")),
     log:
         rule_log("merge_patches"),
     benchmark:

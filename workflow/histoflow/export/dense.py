@@ -31,7 +31,12 @@ def tile_rows(maps: MapsZarr) -> int:
 
 
 def _bands(maps: MapsZarr, name: str):
-    return maps.bands(name, rows=tile_rows(maps))
+    # As stored: the copies keep maps.zarr's encoding and its `scale_factor`.
+    return maps.bands(name, rows=tile_rows(maps), stored=True)
+
+
+def _array_attrs(src) -> dict:
+    return {k: v for k, v in dict(src.attrs).items() if k == "scale_factor"}
 
 
 def _chunks(arr) -> tuple[int, ...]:
@@ -48,7 +53,12 @@ def export_zarr(maps_path: str | Path, out_path: str | Path) -> None:
         group = zarr.create_group(store=str(tmp), zarr_format=3, attributes=_sorted(maps.attrs))
         for name, src in maps.arrays.items():
             dst = group.create_array(
-                name, shape=src.shape, chunks=_chunks(src), dtype=src.dtype, fill_value=0
+                name,
+                shape=src.shape,
+                chunks=_chunks(src),
+                dtype=src.dtype,
+                fill_value=0,
+                attributes=_array_attrs(src),
             )
             for y0, block in _bands(maps, name):
                 dst[y0 : y0 + block.shape[0]] = block
@@ -82,6 +92,7 @@ def export_hdf5(maps_path: str | Path, out_path: str | Path) -> None:
                 fillvalue=0,
                 track_times=False,
             )
+            dst.attrs.update(_array_attrs(src))
             for y0, block in _bands(maps, name):
                 dst[y0 : y0 + block.shape[0]] = block
 

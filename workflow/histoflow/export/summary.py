@@ -19,6 +19,7 @@ from histoflow.config import schema_defaults
 from histoflow.export import ExportError
 from histoflow.io.atomic import atomic_output
 from histoflow.io.instance_table import InstanceTable, open_instance_table
+from histoflow.io.maps_zarr import read_maps_attrs
 from histoflow.io.mask_files import read_mask_meta
 from histoflow.io.raw_zarr import open_raw
 from histoflow.manifest.benchmarks import BenchmarkError, read_benchmark
@@ -28,9 +29,16 @@ DIGITS = {"slide_mpp": 4, "tissue_fraction": 4, "tissue_area_mm2": 4}
 DEFAULT_DIGITS = 2
 
 
-def count_patches(raw_path: str | Path) -> int:
-    """The patches inference ran on (rows of raw.zarr's `boxes`)."""
-    return len(open_raw(raw_path))
+def count_patches(store: str | Path) -> int | None:
+    """The patches inference ran on: maps.zarr's `patches` attribute (merge records it,
+    as raw.zarr may be temporary), else the rows of raw.zarr's `boxes`; None for a
+    maps.zarr written before merge recorded it."""
+    attrs = read_maps_attrs(store) or {}
+    if "patches" in attrs:
+        return int(attrs["patches"])
+    if (Path(store) / "coverage").exists():  # a maps.zarr
+        return None
+    return len(open_raw(store))
 
 
 def stage_seconds(benchmark: str | Path) -> float | None:
@@ -121,7 +129,7 @@ def summarize(
     sample: str,
     mask_json: str | Path,
     instances: str | Path,
-    raw: str | Path | None = None,
+    maps: str | Path | None = None,
     benchmarks: dict[str, str | Path] | None = None,
     timings: bool | None = None,
 ) -> dict[str, str]:
@@ -138,8 +146,8 @@ def summarize(
         "model": table.meta.get("model"),
         **_slide_columns(mask, mask_json),
     }
-    if raw is not None:
-        row["patches"] = count_patches(raw)
+    if maps is not None:
+        row["patches"] = count_patches(maps)
     row |= object_columns(class_counts(table), row["tissue_area_mm2"])
     if timings:
         for rule, path in (benchmarks or {}).items():

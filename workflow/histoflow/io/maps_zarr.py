@@ -1,7 +1,15 @@
 """`merge/maps.zarr` (workflow/CONTRACTS.md): its one writer and its one reader.
 
-One (H, W, C) float32 array per head and an (H, W) uint16 `coverage`, chunked in bands
-of whole rows. `MapsZarrWriter` writes one complete chunk at a time (no partial-chunk
+One (H, W, C) array per head and an (H, W) `coverage` count, chunked in bands of whole
+rows. With `merge.encoding: compact` (the default) a thresholded probability head
+(sigmoid, or softmax over two classes) is stored as uint8 with `scale_factor` 1/255
+(CF convention: value = stored x scale_factor; error at most 1/510, and p >= 0.5
+exactly where the stored value is >= 128); any other head (hv maps, a class softmax
+over three or more classes, whose argmax 1/255 steps could flip) as float16; coverage
+as uint8 when no pixel can be covered more than 255 times. `float32` keeps float32
+heads and a uint16 coverage. The group attribute `encodings` and each array's
+`scale_factor` say how to decode; the reader decodes.
+`MapsZarrWriter` writes one complete chunk at a time (no partial-chunk
 read-modify-write), optionally from a background thread; `open_maps` checks the
 required attributes and members and reads nothing else until asked;
 `read_maps_attrs` reads only the attributes, for rule resources.
@@ -29,6 +37,9 @@ if TYPE_CHECKING:
 
 COVERAGE = "coverage"
 COMPRESSIONS = ("blosc-lz4", "zstd", "none")
+ENCODINGS = ("compact", "float32")
+UINT8_SCALE = 1 / 255
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 REQUIRED_ATTRS = ("shape", "scale", "mpp", "slide_mpp", "model", "heads")
 
 
@@ -62,27 +73,87 @@ def blosc_threads(n: int) -> Iterator[None]:
         blosc.set_nthreads(saved_n)
 
 
-def _create_arrays(group, shape, channels, band_rows, codecs) -> dict:
+def head_encoding(head: dict, encoding: str) -> dict:
+    """How one head is stored: {"dtype": ..., "scale_factor": ...} (see the module doc)."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unknown encoding '{encoding}' (one of {', '.join(ENCODINGS)})")
+    if encoding == "float32":
+        return {"dtype": "float32"}
+    # uint8 for probabilities that are thresholded (sigmoid, two-class softmax); the
+    # argmax of three or more near-equal classes could flip at 1/255 steps: float16.
+    channels = int(head.get("channels", 1))
+    if head.get("activation") == "sigmoid" or (
+        head.get("activation") == "softmax" and channels <= 2
+    ):
+        return {"dtype": "uint8", "scale_factor": UINT8_SCALE}
+    return {"dtype": "float16"}
+
+
+def coverage_dtype(max_overlap: int, encoding: str) -> str:
+    """The narrowest count type for `max_overlap` patches on one pixel."""
+    return "uint8" if encoding == "compact" and max_overlap <= 255 else "uint16"
+
+
+def store_encodings(heads: list[dict], encoding: str, max_overlap: int) -> dict[str, dict]:
+    """Head name (and `coverage`) -> stored dtype and scale, as the `encodings` attribute."""
+    found = {str(h["name"]): head_encoding(h, encoding) for h in heads}
+    found[COVERAGE] = {"dtype": coverage_dtype(max_overlap, encoding)}
+    return found
+
+
+def bytes_per_pixel(encodings: dict[str, dict], channels: dict[str, int]) -> int:
+    """Stored (uncompressed) bytes of one map pixel over every head and coverage."""
+    size = np.dtype(encodings[COVERAGE]["dtype"]).itemsize
+    return size + sum(np.dtype(encodings[n]["dtype"]).itemsize * c for n, c in channels.items())
+
+
+def encode(values: np.ndarray, enc: dict, name: str) -> np.ndarray:
+    """Float values of head `name` in their stored type (rounded to the nearest step)."""
+    dtype = np.dtype(enc["dtype"])
+    if dtype == np.uint8 and "scale_factor" in enc:
+        return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if dtype == np.float16 and np.abs(values).max(initial=0.0) > FLOAT16_MAX:
+        raise MapsZarrError(
+            f"head '{name}': values beyond float16's range ({FLOAT16_MAX:g}); set config "
+            "field 'merge.encoding' to float32"
+        )
+    return values.astype(dtype, copy=False)
+
+
+def decode(values: np.ndarray, enc: dict | None) -> np.ndarray:
+    """Stored values as float32 (heads) or as stored (coverage)."""
+    if enc is None or np.dtype(enc["dtype"]) == np.float32:
+        return values
+    if "scale_factor" in enc:
+        return values.astype(np.float32) * np.float32(enc["scale_factor"])
+    if np.dtype(enc["dtype"]).kind == "f":
+        return values.astype(np.float32)
+    return values
+
+
+def _create_arrays(group, shape, channels, band_rows, codecs, encodings) -> dict:
     height, width = shape
     # Chunks without any patch are never written (see `segments`), so zarr's own
     # all-fill-value scan of every chunk (slower than compressing it) is skipped.
     common = {"compressors": codecs, "config": {"write_empty_chunks": True}}
     arrays = {}
     for name, c in channels.items():
+        enc = encodings[name]
         arrays[name] = group.create_array(
             name,
             shape=(height, width, c),
             chunks=(band_rows, width, c),
-            dtype="float32",
-            fill_value=0.0,
+            dtype=enc["dtype"],
+            fill_value=0,
             dimension_names=["y", "x", "c"],
+            attributes={"scale_factor": enc["scale_factor"]} if "scale_factor" in enc else {},
             **common,
         )
     arrays[COVERAGE] = group.create_array(
         COVERAGE,
         shape=(height, width),
         chunks=(band_rows, width),
-        dtype="uint16",
+        dtype=encodings[COVERAGE]["dtype"],
         fill_value=0,
         dimension_names=["y", "x"],
         **common,
@@ -103,20 +174,25 @@ class MapsZarrWriter:
         attrs: dict,
         compression: str = "blosc-lz4",
         background: bool = False,
+        encodings: dict[str, dict] | None = None,
     ):
         if COVERAGE in channels:
             raise ValueError(f"a head may not be named '{COVERAGE}'")
         self.shape = shape
         self.band_rows = int(band_rows)
+        self.encodings = encodings or store_encodings([{"name": n} for n in channels], "float32", 0)
         self.group = zarr.open_group(Path(path), mode="w", zarr_format=3)
-        self.group.attrs.update(attrs)
+        self.group.attrs.update({**attrs, "encodings": self.encodings})
         self.arrays = _create_arrays(
-            self.group, shape, channels, self.band_rows, compressors(compression)
+            self.group, shape, channels, self.band_rows, compressors(compression), self.encodings
         )
         n_sets = 2 if background else 1
+        # Buffers hold float32 sums and uint16 counts; `_write` encodes each chunk.
         self._sets = [
             {
-                name: np.zeros((self.band_rows, *arr.shape[1:]), arr.dtype)
+                name: np.zeros(
+                    (self.band_rows, *arr.shape[1:]), np.uint16 if name == COVERAGE else np.float32
+                )
                 for name, arr in self.arrays.items()
             }
             for _ in range(n_sets)
@@ -175,7 +251,7 @@ class MapsZarrWriter:
 
     def _write(self, buffers: dict[str, np.ndarray], y0: int, n: int) -> None:
         for name, arr in self.arrays.items():
-            arr[y0 : y0 + n] = buffers[name][:n]
+            arr[y0 : y0 + n] = encode(buffers[name][:n], self.encodings[name], name)
         if self._pool is None:
             for buf in buffers.values():
                 buf.fill(0)
@@ -251,21 +327,34 @@ class MapsZarr:
         return sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in self.arrays.values())
 
     def array(self, name: str) -> zarr.Array:
-        """The zarr array of a head or of `coverage` (lazy)."""
+        """The zarr array of a head or of `coverage` (lazy), in its stored type: pass what
+        is read from it through `decode`."""
         if name not in self.arrays:
             raise MapsZarrError(f"file '{self.path}': no array '{name}'")
         return self.arrays[name]
 
-    def read_rows(self, names: list[str], y0: int, y1: int) -> dict[str, np.ndarray]:
-        """Rows [y0, y1) of the named arrays, loaded."""
-        return {name: np.asarray(self.array(name)[y0:y1]) for name in names}
+    def encoding(self, name: str) -> dict | None:
+        """How `name` is stored (None: float32 heads of a store from before encodings)."""
+        return self.attrs.get("encodings", {}).get(name)
 
-    def bands(self, name: str, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """(y0, block) over the array `name`, `rows` rows at a time (default one chunk)."""
+    def decode(self, name: str, values: np.ndarray) -> np.ndarray:
+        """Values read from `array(name)` as float32 probabilities / values (heads)."""
+        return decode(np.asarray(values), self.encoding(name))
+
+    def read_rows(self, names: list[str], y0: int, y1: int) -> dict[str, np.ndarray]:
+        """Rows [y0, y1) of the named arrays, loaded and decoded."""
+        return {name: self.decode(name, self.array(name)[y0:y1]) for name in names}
+
+    def bands(
+        self, name: str, rows: int | None = None, stored: bool = False
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """(y0, block) over the array `name`, `rows` rows at a time (default one chunk),
+        decoded, or as stored with `stored` (exports that copy the encoding)."""
         arr = self.array(name)
         rows = rows or self.band_rows
         for y0 in range(0, arr.shape[0], rows):
-            yield y0, arr[y0 : y0 + rows]
+            block = arr[y0 : y0 + rows]
+            yield y0, block if stored else self.decode(name, block)
 
 
 def _open_group(path: Path) -> zarr.Group:

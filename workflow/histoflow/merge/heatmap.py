@@ -72,7 +72,7 @@ def render_heatmap(
     h, w = maps.shape
     step = max(1, math.ceil(max(h, w) / max_side))
     band = max(step, (maps.array(head).chunks[0] // step) * step)
-    values = strided(maps.array(head), step, band, channel)
+    values = maps.decode(head, strided(maps.array(head), step, band, channel))
     covered = strided(maps.array(COVERAGE), step, band) > 0
     with open_slide(slide_path, mpp=mpp_override) as slide:
         thumb = slide.read_region(0, 0, values.shape[1], values.shape[0], maps.mpp * step)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from histoflow.config import schema_defaults
 from histoflow.errors import ConfigError
-from histoflow.io.maps_zarr import COMPRESSIONS
+from histoflow.io.maps_zarr import COMPRESSIONS, ENCODINGS
 
 # Tuning knobs that are not configuration (tests and benchmarks vary them): patches
 # read from raw.zarr per batch, and columns per block of a spilled accumulator.
@@ -22,6 +22,7 @@ class MergeOptions:
     memory_cap_mb: float | None
     band_rows: int | None
     compression: str
+    encoding: str
     read_batch: int = READ_BATCH
     spill_block_cols: int = SPILL_BLOCK_COLS
 
@@ -42,6 +43,11 @@ class MergeOptions:
             raise ConfigError(
                 f"config field 'merge.compression': '{self.compression}' is not one of "
                 f"{', '.join(COMPRESSIONS)}"
+            )
+        if self.encoding not in ENCODINGS:
+            raise ConfigError(
+                f"config field 'merge.encoding': '{self.encoding}' is not one of "
+                f"{', '.join(ENCODINGS)}"
             )
         if not 0 <= self.memory_percent <= 100:
             raise ConfigError("config field 'merge.memory_percent': must be within 0-100")

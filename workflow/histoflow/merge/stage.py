@@ -9,12 +9,18 @@ from pathlib import Path
 import zarr
 
 from histoflow.io.atomic import atomic_output
-from histoflow.io.maps_zarr import MapsZarrWriter, blosc_threads
+from histoflow.io.maps_zarr import MapsZarrWriter, blosc_threads, bytes_per_pixel, store_encodings
 from histoflow.io.raw_zarr import BatchReader, RawZarr, open_raw
 from histoflow.io.space import require_free_space
 from histoflow.merge.memory import MB, MemoryPolicy, SpillCache
 from histoflow.merge.options import MergeOptions
-from histoflow.merge.stitch import Merger, MergeStats, check_coverage_fits, default_band_rows
+from histoflow.merge.stitch import (
+    Merger,
+    MergeStats,
+    check_coverage_fits,
+    default_band_rows,
+    max_overlap,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +66,11 @@ def _merge_into(
         raw.shape,
         raw.channels,
         stats.band_rows,
-        {**raw.attrs, "band_rows": stats.band_rows},
+        # `patches`: so the count survives a temporary raw.zarr (config keep).
+        {**raw.attrs, "band_rows": stats.band_rows, "patches": len(raw)},
         compression=options.compression,
         background=threads >= 2,
+        encodings=maps_encodings(raw, options.encoding),
     )
     # With 2+ threads, decoding the next raw batch and encoding the last output chunk
     # overlap with the accumulation.
@@ -76,13 +84,18 @@ def _merge_into(
     stats.chunks_written = writer.chunks_written
 
 
-def maps_nbytes(raw) -> int:
-    """Raw bytes of the covered part of maps.zarr: float32 per channel and a uint16
-    count over at most the patches' area (chunks outside every patch are not stored)."""
+def maps_encodings(raw, encoding: str) -> dict[str, dict]:
+    """Stored type of each head and of coverage for this grid (histoflow.io.maps_zarr)."""
+    return store_encodings(raw.attrs["heads"], encoding, max_overlap(raw))
+
+
+def maps_nbytes(raw, encoding: str = "compact") -> int:
+    """Uncompressed bytes of the covered part of maps.zarr in its stored types, over at
+    most the patches' area (chunks outside every patch are not stored)."""
     height, width = raw.shape
     ph, pw = raw.patch_shape
     covered = min(height * width, len(raw) * ph * pw)
-    return covered * (4 * sum(raw.channels.values()) + 2)
+    return covered * bytes_per_pixel(maps_encodings(raw, encoding), raw.channels)
 
 
 def run(
@@ -108,7 +121,7 @@ def run(
     cache = SpillCache(tmpdir, raw.attrs.get("sample"))
     require_free_space(
         out_path,
-        maps_nbytes(raw),
+        maps_nbytes(raw, options.encoding),
         sample=raw.attrs.get("sample"),
         what="maps.zarr",
         compressed=options.compression != "none",

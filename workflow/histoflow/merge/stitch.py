@@ -51,17 +51,26 @@ def default_band_rows(attrs: dict, patch_shape: tuple[int, int]) -> int:
     return max(1, int(patch_shape[0]) or 256)
 
 
-def check_coverage_fits(raw: RawZarr) -> None:
-    """Refuse a grid whose patches overlap one pixel more often than uint16 counts."""
+def max_overlap(raw: RawZarr) -> int:
+    """The most patches of the grid that can cover one pixel (uint16's limit unknown)."""
     stride = raw.attrs.get("stride")
     h, w = raw.patch_shape
-    if not stride or not len(raw):
-        return
+    if not len(raw):
+        return 0
+    if not stride:
+        return MAX_COVERAGE
     sy, sx = (int(v) for v in stride)
     if sy <= 0 or sx <= 0:
         raise RawZarrError(f"file '{raw.path}': attribute 'stride' must be positive")
-    worst = math.ceil(h / sy) * math.ceil(w / sx)
-    if worst > MAX_COVERAGE:
+    return math.ceil(h / sy) * math.ceil(w / sx)
+
+
+def check_coverage_fits(raw: RawZarr) -> None:
+    """Refuse a grid whose patches overlap one pixel more often than uint16 counts."""
+    worst = max_overlap(raw)
+    if worst > MAX_COVERAGE and raw.attrs.get("stride"):
+        sy, sx = (int(v) for v in raw.attrs["stride"])
+        h, w = raw.patch_shape
         raise RawZarrError(
             f"file '{raw.path}': up to {worst} patches overlap one pixel (patch {h}x{w}, "
             f"stride {sy}x{sx}); coverage is uint16, at most {MAX_COVERAGE}"

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from histoflow.io.maps_zarr import COVERAGE, encode, store_encodings
+
 OBJECT_DTYPE = np.dtype(
     [("cx", "f8"), ("cy", "f8"), ("rx", "f8"), ("ry", "f8"), ("theta", "f8"), ("cls", "i4")]
 )
@@ -226,11 +228,13 @@ def write_maps(
     slide_mpp: float | None = None,
     blank: Sequence[tuple[int, int, int, int]] = (),
     sample: str = "synthetic",
+    encoding: str = "float32",
 ) -> Path:
     """Write a `maps.zarr` (CONTRACTS.md) of `objs` band by band.
 
     `heads` maps head name -> kind (see KINDS); `blank` boxes (y0, y1, x0, x1) get
-    coverage 0 and all-zero heads, as outside tissue.
+    coverage 0 and all-zero heads, as outside tissue. `encoding` is merge's
+    (`merge.encoding`: the stored types of histoflow.io.maps_zarr).
     """
     path = Path(path)
     h, w = shape
@@ -253,16 +257,25 @@ def write_maps(
         "heads": model["heads"],
         "band_rows": band_rows,
         "versions": {},
+        "encodings": (encodings := store_encodings(model["heads"], encoding, 1)),
     }
     group = zarr.open_group(path, mode="w", zarr_format=3, attributes=attrs)
     arrays = {
         name: group.create_array(
-            name, shape=(h, w, c), chunks=(band_rows, w, c), dtype="float32", fill_value=0.0
+            name,
+            shape=(h, w, c),
+            chunks=(band_rows, w, c),
+            dtype=encodings[name]["dtype"],
+            fill_value=0,
         )
         for name, c in channels.items()
     }
     coverage = group.create_array(
-        "coverage", shape=(h, w), chunks=(band_rows, w), dtype="uint16", fill_value=0
+        "coverage",
+        shape=(h, w),
+        chunks=(band_rows, w),
+        dtype=encodings[COVERAGE]["dtype"],
+        fill_value=0,
     )
     for y in range(0, h, band_rows):
         yb = min(h, y + band_rows)
@@ -271,6 +284,7 @@ def write_maps(
         for by0, by1, bx0, bx1 in blank:
             cov[max(by0 - y, 0) : max(min(by1, yb) - y, 0), bx0:bx1] = 0
         for name, kind in heads.items():
-            arrays[name][y:yb] = np.where(cov[..., None] > 0, maps[kind], 0).astype(np.float32)
+            values = np.where(cov[..., None] > 0, maps[kind], 0).astype(np.float32)
+            arrays[name][y:yb] = encode(values, encodings[name], name)
         coverage[y:yb] = cov
     return path
