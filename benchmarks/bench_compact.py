@@ -39,6 +39,7 @@ def run_stages(slide: Path, workdir: Path) -> Path:
     (workdir / "samples.tsv").write_text(f"sample\tpath\nS\t{slide}\n")
     cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(REPO / "Snakefile")]
     cmd += ["-d", str(workdir), "--cores", "2", "--profile", str(REPO / "profiles/workstation")]
+    cmd += ["--configfile", str(REPO / "config" / "config.yaml")]
     cmd += ["--config", f"samples={workdir / 'samples.tsv'}", "stages=[merge]", "keep=[raw,maps]"]
     subprocess.run(cmd, check=True, capture_output=True)
     return workdir / "results" / "S"
