@@ -13,7 +13,7 @@ import time
 
 import pytest
 import yaml
-from conftest import DEMO_SAMPLE, REPO, run_workflow
+from conftest import DEMO_CONFIG, DEMO_SAMPLE, REPO, run_workflow
 from histoflow.manifest import compare_trees
 from slurm.cluster import SlurmCluster, SlurmUnavailable
 
@@ -84,6 +84,7 @@ def test_demo_cohort_on_slurm_equals_local_run(cluster, tmp_path, demo_slide, re
     proc = run_workflow(
         tmp_path / "slurm",
         samples=samples,
+        config=DEMO_CONFIG,
         profile=str(profile),
         args=[
             # No slurmdbd here: sacct cannot answer, squeue can (MinJobAge=600).
