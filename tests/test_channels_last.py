@@ -150,7 +150,8 @@ def test_layouts_give_the_same_raw_store(tmp_path, slide, cards, kind):
 
 
 def test_float16_store_of_layouts_within_one_step(tmp_path, slide, cards):
-    """The default float16 store: the two layouts differ by at most one float16 step."""
+    """The default float16 store: the two layouts differ by at most one float16 step (plus
+    the float32 summation-order difference, which near zero spans several subnormal steps)."""
     heads = []
     for layout in ("channels_last", "contiguous"):
         _run(
@@ -167,7 +168,7 @@ def test_float16_store_of_layouts_within_one_step(tmp_path, slide, cards):
         b = heads[1][name]
         assert a.dtype == np.float16
         step = np.spacing(np.maximum(np.abs(a), np.abs(b)).astype(np.float16))
-        assert (np.abs(a.astype(np.float32) - b.astype(np.float32)) <= step).all()
+        assert (np.abs(a.astype(np.float32) - b.astype(np.float32)) <= step + 2e-6).all()
 
 
 def test_auto_layout_is_channels_last_on_cpu():

@@ -104,8 +104,11 @@ def test_patches_re_read_from_coords_give_the_stored_features(h5_path, demo_slid
     x = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).float() / 255
     again = StainStats()(x).numpy()
     # Mean stain densities, glass fraction, saturation and luminance of the same patch
-    # agree (the texture terms depend on the resampling filter, so they are left out).
-    cols = [0, 2, 4, 9, 10, 11]
+    # agree. Left out: the texture terms and the eosin mean, which depend on the
+    # resampling: histoflow reads 224.45 level-0 px interpolated to 224 (exact
+    # positions), TRIDENT 224 native px; the interpolation smooths JPEG noise, which
+    # the eosin density's clamp at zero otherwise rectifies into a higher mean.
+    cols = [0, 4, 9, 10, 11]
     np.testing.assert_allclose(again[:, cols], features[picks][:, cols], rtol=0.05, atol=0.01)
     # And not by chance: another tile's features differ.
     assert np.abs(again[:, cols] - np.roll(features[picks], 1, 0)[:, cols]).max() > 0.05
