@@ -161,12 +161,18 @@ def test_torchscript_through_rule_equals_direct_call(tmp_path, demo_slide):
     raw = tmp_path / "run" / "results" / "cmu" / "infer" / "raw.zarr"
     heads, boxes, attrs = _read_raw(raw)
     assert attrs["weights_sha256"] and attrs["model"]["name"] == "tiny"
-    # Direct call on the same patches, read with the same reader.
-    from histoflow.slide import open_slide
+    # Direct call on the same patches, read with the same reader (cut from runs of
+    # neighbouring patches, as the stage reads them).
+    from histoflow.inference import core
 
+    regions = np.column_stack(
+        [np.zeros(len(boxes), np.int64), boxes[:, :2] - 2, np.full((len(boxes), 2), 68)]
+    )
+    reader = core.SlideRegions(
+        core.slide_opener(demo_slide, None, None), regions, 1.0, core.plan_runs(regions)
+    )
     pick = np.linspace(0, len(boxes) - 1, 6).astype(int)
-    with open_slide(demo_slide) as s:
-        patches = [s.read_region(x0 - 2, y0 - 2, 68, 68, 1.0) for x0, y0, _, _ in boxes[pick]]
+    patches = [reader[int(i)] for i in pick]
     x = torch.from_numpy(np.stack(patches).transpose(0, 3, 1, 2)).float() / 255
     with torch.no_grad():
         ref = net((x - 0.5) / 0.25)

@@ -203,6 +203,7 @@ def _run_on(
     with open_slide(slide_path, sample=sample, mpp=mpp_override) as slide:
         grid, shape = plan_grid(slide, card, opts, mask, mask_meta)
         attrs = raw_attrs(card, grid, shape, slide, opts, sample)
+        cache = core.tile_cache_bytes(slide, card.mpp, card.patch_input[0])
     writer = RawZarrWriter(
         out_path,
         grid.boxes,
@@ -229,19 +230,24 @@ def _run_on(
         workers,
         str(layout).removeprefix("torch."),
     )
-    boxes = grid.input_boxes()[writer.written :]
+    boxes = grid.input_boxes()
     regions = np.column_stack(
         [np.zeros(len(boxes), np.int64), boxes[:, :2], boxes[:, 2:] - boxes[:, :2]]
     )
+    done = writer.written
     dataset = core.SlideRegions(
-        core.slide_opener(slide_path, sample, mpp_override), regions, card.mpp
+        core.slide_opener(slide_path, sample, mpp_override),
+        regions[done:],
+        card.mpp,
+        runs=core.plan_runs(regions)[done:],
+        cache_bytes=cache,
     )
     loader = core.make_loader(dataset, opts.batch_size, workers, device)
     normalise = core.Normaliser(card.card["input"], device, layout=layout)
     model = core.prepare_model(model, device, layout)
-    if opts.compile and len(boxes):
+    if opts.compile and len(dataset):
         example = torch.zeros(
-            (min(opts.batch_size, len(boxes)), 3, *card.patch_input), device=device
+            (min(opts.batch_size, len(dataset)), 3, *card.patch_input), device=device
         ).to(memory_format=layout)
         model = core.compile_model(model, example, opts.precision)
     bar = tqdm(
@@ -263,9 +269,10 @@ def _run_on(
     bar.close()
     writer.close()
     log.info(
-        "wrote %s (%.1f patches/s); %s",
+        "wrote %s (%.1f patches/s); %s; %s",
         out_path,
         bar.format_dict["n"] / max(bar.format_dict["elapsed"], 1e-9),
         stats.summary(),
+        core.cpu_usage(),
     )
     return grid
