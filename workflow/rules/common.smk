@@ -244,6 +244,14 @@ def get_model_files(wildcards):
     return [str(p) for p in load_card(spec).files()] + files
 
 
+def get_stain_target(wildcards):
+    # The target image is an input, so replacing it reruns inference; a missing one is
+    # left out, so that the job reports it naming the config field.
+    spec = config["inference"].get("stain_normalisation")
+    target = spec["target"] if spec else None
+    return [target] if target and Path(target).is_file() else []
+
+
 def card_has_semantic_task():
     # extract_instances writes classmap.zarr only for a card with a semantic task.
     # A card that does not load is reported by the job that uses it, not here.

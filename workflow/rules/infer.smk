@@ -9,7 +9,9 @@ rule infer_patches:
         slide=get_slide,
         mask=sample_path("mask_png"),
         mask_meta=sample_path("mask_json"),
+        thumbnail=sample_path("thumbnail_png"),
         model=get_model_files,
+        stain_target=get_stain_target,
     output:
         raw=store_output("raw", sample_path("raw_zarr")),
     log:

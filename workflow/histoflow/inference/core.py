@@ -262,7 +262,7 @@ class Normaliser:
     (`torch.channels_last` or `torch.contiguous_format`) is the buffer's memory layout;
     `contiguous=False` keeps the channels-last view of the batch (the layout tile models
     have always received). The same arithmetic in either layout, so the values are the
-    same.
+    same. `stain` (histoflow.stain.transfer.StainTransfer) restains the batch first.
     """
 
     def __init__(
@@ -271,8 +271,10 @@ class Normaliser:
         device: torch.device,
         contiguous: bool = False,
         layout: torch.memory_format | None = None,
+        stain: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         self.device = device
+        self.stain = stain
         self.layout = layout or (torch.contiguous_format if contiguous else torch.channels_last)
         self.mean = torch.tensor(spec["mean"], device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(spec["std"], device=device).view(1, 3, 1, 1)
@@ -296,6 +298,8 @@ class Normaliser:
         x = batch.to(self.device, non_blocking=self.device.type == "cuda").permute(0, 3, 1, 2)
         out = self._buffer_for(x.shape)
         out.copy_(x)
+        if self.stain is not None:
+            self.stain(out)  # restained in place, still in 0..255
         return out.div_(self.scale).sub_(self.mean).div_(self.std)
 
 

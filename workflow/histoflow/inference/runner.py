@@ -23,6 +23,7 @@ from histoflow.manifest.fingerprint import identity
 from histoflow.models.card import ModelCard
 from histoflow.models.loader import outputs_by_head
 from histoflow.slide import Slide, open_slide
+from histoflow.stain.transfer import StainTransfer, plan_transfer
 from histoflow.versions import package_versions
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class InferenceOptions:
     min_tissue_fraction: float
     dtype: str
     chunk_patches: int
+    stain_normalisation: dict | None = None
 
     @classmethod
     def from_config(cls, options: dict | None = None) -> InferenceOptions:
@@ -158,6 +160,7 @@ def run(
     mask_meta: dict | None = None,
     threads: int | None = None,
     stats: core.ForwardStats | None = None,
+    thumbnail: np.ndarray | None = None,
 ) -> PatchGrid:
     """Predict every tissue patch of one slide into raw.zarr at `out_path`; returns the grid.
 
@@ -166,8 +169,10 @@ def run(
     is the job's cores (torch's intra-op threads, set by the caller; None: torch's
     current count), from which `num_workers: auto` is sized. A CUDA device is claimed
     through its slot lock for the whole run (histoflow.inference.devices). `stats`
-    collects the forward loop's loader wait.
+    collects the forward loop's loader wait. `thumbnail` (the mask stage's, with `mask`)
+    is what `inference.stain_normalisation` fits the slide's stains on.
     """
+    stain = plan_transfer(opts.stain_normalisation, thumbnail, mask, sample, slide_path)
     with devices.claim_device(opts.device, "inference.device") as device:
         return _run_on(
             device,
@@ -182,6 +187,7 @@ def run(
             mask_meta,
             threads or torch.get_num_threads(),
             stats if stats is not None else core.ForwardStats(),
+            stain,
         )
 
 
@@ -198,11 +204,14 @@ def _run_on(
     mask_meta,
     threads,
     stats,
+    stain,
 ) -> PatchGrid:
     core.prepare_process(device)
     with open_slide(slide_path, sample=sample, mpp=mpp_override) as slide:
         grid, shape = plan_grid(slide, card, opts, mask, mask_meta)
         attrs = raw_attrs(card, grid, shape, slide, opts, sample)
+        if stain is not None:
+            attrs["stain_normalisation"] = stain[1]
         cache = core.tile_cache_bytes(slide, card.mpp, card.patch_input[0])
     writer = RawZarrWriter(
         out_path,
@@ -243,7 +252,8 @@ def _run_on(
         cache_bytes=cache,
     )
     loader = core.make_loader(dataset, opts.batch_size, workers, device)
-    normalise = core.Normaliser(card.card["input"], device, layout=layout)
+    restain = None if stain is None else StainTransfer(stain[0], device)
+    normalise = core.Normaliser(card.card["input"], device, layout=layout, stain=restain)
     model = core.prepare_model(model, device, layout)
     if opts.compile and len(dataset):
         example = torch.zeros(

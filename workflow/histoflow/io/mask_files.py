@@ -65,3 +65,12 @@ def read_mask(mask_png: str | Path, mask_json: str | Path) -> tuple[np.ndarray, 
     except OSError as exc:
         raise MaskFileError(f"file '{mask_png}': not a readable mask image ({exc})") from exc
     return mask, meta
+
+
+def read_thumbnail(thumbnail_png: str | Path) -> np.ndarray:
+    """The thumbnail written by `write_mask_files` as (h, w, 3) uint8 RGB."""
+    try:
+        with Image.open(thumbnail_png) as img:
+            return np.asarray(img.convert("RGB"))
+    except OSError as exc:
+        raise MaskFileError(f"file '{thumbnail_png}': not a readable thumbnail ({exc})") from exc
