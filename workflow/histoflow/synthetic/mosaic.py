@@ -43,16 +43,20 @@ class Mosaic:
     """A seeded layout of crop variants and glass blocks, rendered region by region."""
 
     def __init__(
-        self, crops: list[np.ndarray], size: int, block: int, background: float, seed: int
+        self,
+        crops: list[np.ndarray],
+        size: int | tuple[int, int],
+        block: int,
+        background: float,
+        seed: int,
     ):
         rng = np.random.default_rng(seed)
-        n = math.ceil(size / block)
+        # (height, width); a square for one number.
+        self.shape = (size, size) if isinstance(size, int) else tuple(size)
+        n = tuple(math.ceil(s / block) for s in self.shape)
         # -1 = glass; otherwise the index of the crop variant in that block.
-        self.layout = np.where(
-            rng.random((n, n)) < background, -1, rng.integers(0, len(crops), (n, n))
-        )
+        self.layout = np.where(rng.random(n) < background, -1, rng.integers(0, len(crops), n))
         self.crops = crops
-        self.size = size
         self.block = block
         self._levels: dict[int, list[np.ndarray]] = {}
 
@@ -86,30 +90,31 @@ class Mosaic:
 
     def tiles(self, level: int, tile: int) -> Iterator[np.ndarray]:
         """The tiles of `level`, row-major, each `tile` x `tile` (padded with glass)."""
-        extent = math.ceil(self.size / 2**level)
-        for y0 in range(0, extent, tile):
-            for x0 in range(0, extent, tile):
+        height, width = (math.ceil(s / 2**level) for s in self.shape)
+        for y0 in range(0, height, tile):
+            for x0 in range(0, width, tile):
                 yield self.region(level, y0, x0, tile, tile)
 
     def level(self, level: int, tile: int) -> TiledLevel:
         """Pyramid level `level` (2**level downsampling) for the TIFF writer."""
-        extent = math.ceil(self.size / 2**level)
-        return TiledLevel((extent, extent), self.tiles(level, tile))
+        shape = tuple(math.ceil(s / 2**level) for s in self.shape)
+        return TiledLevel(shape, self.tiles(level, tile))
 
 
 def write_mosaic_tiff(
     path: str | os.PathLike,
     source: str | os.PathLike,
-    size: int = 16384,
+    size: int | tuple[int, int] = 16384,
     mpp: float = 0.5,
     block: int = 2048,
     tile: int = 256,
     background: float = 0.3,
     seed: int = 0,
 ) -> Path:
-    """Write a `size` x `size` pyramidal JPEG-tiled TIFF at `mpp` (levels down to ≤1024 px)."""
+    """Write a pyramidal JPEG-tiled TIFF at `mpp` (levels down to ≤1024 px), `size` x
+    `size` or `size` = (height, width); `background` is the share of glass blocks."""
     mosaic = Mosaic(_source_crops(source, mpp, block), size, block, background, seed)
-    levels = max(1, math.ceil(math.log2(max(size / 1024, 1))) + 1)
+    levels = max(1, math.ceil(math.log2(max(max(mosaic.shape) / 1024, 1))) + 1)
     # A block must halve to whole pixels at every level.
     levels = min(levels, int(math.log2(block)) + 1)
     return write_pyramidal_tiff(
