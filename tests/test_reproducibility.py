@@ -22,6 +22,7 @@ RERUN_DIFFERS = {
     "demo/export/demo.summary.tsv",
     "cohort/summary.tsv",
     "cohort/summary.html",
+    "cohort/report.html",
 }
 
 pytestmark = pytest.mark.e2e
