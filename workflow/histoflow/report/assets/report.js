@@ -63,9 +63,11 @@
   }
 
   function card(s) {
-    var pic = s.pics[state.picture] !== undefined ? s.pics[state.picture] : s.pics.mask;
+    // The chosen kind where the slide has it, else its mask outline.
+    var kind = s.pics[state.picture] !== undefined ? state.picture : "mask";
+    var pic = s.pics[kind];
     var picture = pic === undefined ? el("div", { "class": "nopic" }, ["no picture"])
-      : el("img", { src: images[pic], alt: s.sample + " " + state.picture });
+      : el("img", { src: images[pic], alt: s.sample + " " + kind });
     var v = function (key) { return s.values[index[key]]; };
     var facts = [];
     if (v("tissue_area_mm2") !== null) facts.push("tissue " + format(v("tissue_area_mm2"), { digits: 2 }) + " mm²");
