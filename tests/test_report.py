@@ -19,6 +19,7 @@ from histoflow.io.instance_table import (
 from histoflow.manifest.decoders import decode_html
 from histoflow.paths import CohortPaths
 from histoflow.report.build import write_report
+from histoflow.report.pictures import PictureError
 from histoflow.report.plots import density_plot, size_plot
 from histoflow.report.qc import FLAGS, cohort_flags, explain
 from histoflow.report.settings import ReportSettings
@@ -212,3 +213,24 @@ def test_plots_are_svg_and_reproducible(cohort20):
         assert "Lymphocyte" in svg and plot(records, keys) == svg
     empty = [{**r, "classes": {}, "sizes": {}} for r in records]
     assert density_plot(empty, keys) is None and size_plot(empty, keys) is None
+
+
+def test_user_text_cannot_break_out_of_the_page(tmp_path):
+    sheet = write_synthetic_cohort(tmp_path, SyntheticCohort(2, failed=(1,), objects_per_mm2=50.0))
+    log = tmp_path / "logs" / "mask_tissue" / "slide-001.log"
+    evil = "</script><script>alert(1)</script><img src=x onerror=alert(2)>"
+    log.write_text(f"2026-01-01 10:00:01 ERROR histoflow.mask_tissue: {evil}\n")
+    write_report(sheet, tmp_path / "results", tmp_path / "logs", tmp_path / "benchmarks")
+    page, data, _, _ = read_page(CohortPaths(str(tmp_path / "results")).report_html)
+    assert data["slides"][0]["error"] == f"mask_tissue: {evil}"  # intact in the JSON
+    assert "alert(1)" in page and evil not in page  # escaped everywhere
+    assert page.count("<script>") == 1  # the report's own script only
+
+
+def test_a_broken_picture_names_its_file(tmp_path):
+    sheet = write_synthetic_cohort(tmp_path, SyntheticCohort(1, objects_per_mm2=50.0))
+    overlay = tmp_path / "results" / "slide-000" / "mask" / "overlay.png"
+    overlay.write_bytes(b"not a png")
+    with pytest.raises(PictureError, match=r"file '.*slide-000/mask/overlay\.png'"):
+        write_report(sheet, tmp_path / "results", tmp_path / "logs", tmp_path / "benchmarks")
+    assert not CohortPaths(str(tmp_path / "results")).report_html.exists()

@@ -48,7 +48,8 @@ def density_plot(records: list[dict], keys: list[tuple[str, str]]) -> str | None
         ax.boxplot(series, showfliers=False, widths=0.5)
         rng = np.random.default_rng(0)  # jitter of the dots, the same on every run
         for i, values in enumerate(series, start=1):
-            ax.plot(i + rng.uniform(-0.15, 0.15, len(values)), values, ".", alpha=0.6)
+            x = i + rng.uniform(-0.15, 0.15, len(values))
+            ax.plot(x, values, ".", alpha=0.6, markersize=6 if len(values) < 100 else 2)
         ax.set_xticks(range(1, len(keys) + 1), [class_label(k, keys) for k in keys])
         ax.set_ylabel("objects per mm² of tissue")
         ax.set_title("Density per class (one dot per slide)")
