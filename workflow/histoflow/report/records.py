@@ -37,7 +37,7 @@ def _href(path: Path, dirs: ReportDirs) -> str:
 def slide_links(paths: SamplePaths, dirs: ReportDirs) -> list[list[str]]:
     """[label, relative href] of every file the slide has: stage files, exports, logs."""
     links = []
-    for name in sorted(LAYOUT, key=lambda n: LAYOUT[n]):
+    for name in LAYOUT:  # pipeline order
         path = getattr(paths, name)
         if path.exists() and not (path.is_dir() and name == "tiles_dir"):
             links.append([LAYOUT[name], _href(path, dirs)])
