@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+import yaml
 from histoflow.errors import ConfigError
 from histoflow.io.instance_table import (
     Objects,
@@ -17,7 +18,7 @@ from histoflow.io.instance_table import (
     write_instance_table,
 )
 from histoflow.manifest.decoders import decode_html
-from histoflow.paths import CohortPaths
+from histoflow.paths import MULTIQC_SECTIONS, CohortPaths
 from histoflow.report.build import write_report
 from histoflow.report.pictures import PictureError
 from histoflow.report.plots import density_plot, size_plot
@@ -148,6 +149,11 @@ def test_page_of_a_synthetic_cohort(cohort20):
     assert sum(bool(f) for f in flags.values()) == 4
     for flag in FLAGS:  # every flag explained once
         assert page.count(html.escape(explain(flag, ReportSettings()))) == 1
+    # The MultiQC files of the same cohort (their format: tests/test_multiqc.py).
+    cohort = CohortPaths(str(root / "results"))
+    qc = yaml.safe_load(cohort.multiqc("qc").read_text())["data"]
+    assert len(qc) == 20 and qc["slide-003"]["status"] == "failed"
+    assert all(cohort.multiqc(section).is_file() for section in MULTIQC_SECTIONS)
 
 
 def test_pictures_are_resized_and_embedded_once(cohort20):
