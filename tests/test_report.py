@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 import yaml
+from histoflow.config import validate_config
 from histoflow.errors import ConfigError
 from histoflow.io.instance_table import (
     Objects,
@@ -240,3 +241,10 @@ def test_a_broken_picture_names_its_file(tmp_path):
     with pytest.raises(PictureError, match=r"file '.*slide-000/mask/overlay\.png'"):
         write_report(sheet, tmp_path / "results", tmp_path / "logs", tmp_path / "benchmarks")
     assert not CohortPaths(str(tmp_path / "results")).report_html.exists()
+
+
+def test_config_section_defaults_and_bad_values():
+    config = validate_config({})
+    assert ReportSettings.from_config(config["report"]) == ReportSettings()
+    with pytest.raises(ConfigError, match=r"config field 'report\.qc\.density_factor'"):
+        validate_config({"report": {"qc": {"density_factor": 0.5}}})
