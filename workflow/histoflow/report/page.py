@@ -199,7 +199,8 @@ def _summary_line(records: list[dict]) -> str:
     counts = {s: sum(r["status"] == s for r in records) for s in STATUSES}
     text = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no slides"
     flagged = sum(bool(r["flags"]) for r in records)
-    return f"<p>{len(records)} slides: {html.escape(text)}; {flagged} with a QC flag.</p>"
+    noun = "slide" if len(records) == 1 else "slides"
+    return f"<p>{len(records)} {noun}: {html.escape(text)}; {flagged} with a QC flag.</p>"
 
 
 def render_page(records: list[dict], settings: ReportSettings, links: list[tuple[str, str]]) -> str:
