@@ -21,7 +21,7 @@ data: env
 
 demo: data
 	$(BIN)/snakemake --profile profiles/workstation --cores $(CORES)
-	@echo "Demo outputs in results/ (QC overlay: results/CMU-1-Small-Region/mask/overlay.png)"
+	@echo "Demo outputs in results/; the cohort page: results/cohort/report.html"
 
 PY_DIRS    := workflow scripts tests benchmarks
 SMK_FILES  := Snakefile workflow/rules

@@ -13,6 +13,7 @@ from conftest import run_workflow
 from histoflow.synthetic.tissue import tissue_blocks
 from histoflow.synthetic.writers import write_png
 from PIL import Image
+from report_pages import json_block
 from test_hostile_inputs import png_bomb
 
 pytestmark = pytest.mark.e2e
@@ -120,6 +121,11 @@ def test_blank_slide_runs_every_stage_with_empty_outputs(tmp_path):
     summary = (res / "export" / "blank.summary.tsv").read_text().splitlines()
     row = dict(zip(summary[0].split("\t"), summary[1].split("\t")))
     assert float(row["tissue_area_mm2"]) == 0 and int(row["objects"]) == 0
+    # The cohort page flags it, and says why.
+    page = (tmp_path / "results" / "cohort" / "report.html").read_text()
+    slide = json_block(page, "report-data")["slides"][0]
+    assert slide["status"] == "ok"
+    assert [f["id"] for f in slide["flags"]] == ["no_tissue", "mpp_from_sheet"]
 
 
 def test_sheet_id_snakemake_would_refuse_stops_before_any_job(tmp_path, demo_slide):

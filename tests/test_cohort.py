@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from conftest import run_workflow
 from histoflow.cohort import cohort_table, render_html, write_summary
 from histoflow.io.instance_table import (
@@ -19,6 +20,7 @@ from histoflow.io.instance_table import (
 from histoflow.synthetic.raw import write_synthetic_raw
 from histoflow.synthetic.tissue import tissue_blocks
 from histoflow.synthetic.writers import write_png
+from report_pages import json_block
 
 # The classes of the seeded model card, in card order.
 CLASSES = [{"name": "Tumour", "color": "#f00"}, {"name": "Stroma", "color": "#0f0"}]
@@ -179,13 +181,24 @@ def test_failed_slide_is_reported_and_next_run_rebuilds_the_table(tmp_path, demo
     assert rows["nompp"]["status"] == "failed"
     assert "no resolution metadata" in rows["nompp"]["error"]
     assert summary.stat().st_mtime == 0  # so the next run rebuilds it
+    # The cohort page too: the failed slide first, with its error and its log.
+    page = tmp_path / "results" / "cohort" / "report.html"
+    slides = json_block(page.read_text(), "report-data")["slides"]
+    assert [(s["sample"], s["status"]) for s in slides] == [("nompp", "failed"), ("good", "ok")]
+    assert "no resolution metadata" in slides[0]["error"]
+    assert ["log mask_tissue", "../../logs/mask_tissue/nompp.log"] in slides[0]["links"]
+    assert page.stat().st_mtime == 0
+    multiqc = tmp_path / "results" / "cohort" / "multiqc" / "histoflow_qc_mqc.yaml"
+    assert yaml.safe_load(multiqc.read_text())["data"]["nompp"]["status"] == "failed"
 
     samples[1]["mpp"] = 0.5
     run_workflow(tmp_path, samples=samples, config={"stages": ["mask", "cohort"]})
     with summary.open() as fh:
         rows = {row["sample"]: row for row in csv.DictReader(fh, delimiter="\t")}
     assert [rows[s]["status"] for s in ("good", "nompp")] == ["ok", "ok"]
-    assert summary.stat().st_mtime > 0
+    assert summary.stat().st_mtime > 0 and page.stat().st_mtime > 0
+    slides = json_block(page.read_text(), "report-data")["slides"]
+    assert [f["id"] for f in slides[1]["flags"]] == ["mpp_from_sheet"]
 
 
 @pytest.mark.e2e

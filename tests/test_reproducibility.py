@@ -22,6 +22,7 @@ RERUN_DIFFERS = {
     "demo/export/demo.summary.tsv",
     "cohort/summary.tsv",
     "cohort/summary.html",
+    "cohort/report.html",
 }
 
 pytestmark = pytest.mark.e2e
@@ -128,7 +129,8 @@ def test_changed_sheet_mpp_reruns_that_slide_only(two_slides, demo_slide):
     assert "Params have changed" in jobs[("mask_tissue", "demo-mpp")]
     assert ("write_manifest", "demo-mpp") in jobs
     assert {sample for _, sample in jobs} == {"demo-mpp", ""}, jobs
-    assert {rule for rule, sample in jobs if not sample} <= {"cohort_summary", "all"}, jobs
+    cohort_jobs = {"cohort_summary", "cohort_report", "all"}
+    assert {rule for rule, sample in jobs if not sample} <= cohort_jobs, jobs
 
 
 def test_report_builds_offline(full_run, demo_slide, monkeypatch):

@@ -137,7 +137,8 @@ def slide_row(
     return row
 
 
-def _rule_key(rule: str) -> tuple:
+def rule_key(rule: str) -> tuple:
+    """Sort key of a rule name: pipeline order first, write_manifest last, others between."""
     if rule in RULE_ORDER:
         return (0, RULE_ORDER.index(rule), rule)
     if rule in LAST_RULES:
@@ -175,7 +176,7 @@ def cohort_table(
     """Header and formatted rows, in sheet order; class and time columns are the union."""
     rows = [slide_row(s, r, results_dir, logs_dir, benchmarks_dir) for s, r in sheet.items()]
     classes = _union(row.get("classes", {}) for row in rows)
-    rules = sorted({rule for row in rows for rule in row["times"]}, key=_rule_key)
+    rules = sorted({rule for row in rows for rule in row["times"]}, key=rule_key)
     header = list(BASE_COLUMNS)
     for task, name in classes:
         header += class_columns(task, name)

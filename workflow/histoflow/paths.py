@@ -57,6 +57,9 @@ TILE_STORES = {
     "npz": "{sample}.npz",
 }
 
+# MultiQC custom-content sections the cohort stage writes (histoflow.report.multiqc).
+MULTIQC_SECTIONS = ("general_stats", "objects", "density", "nucleus_area", "qc")
+
 
 def _named(table: dict[str, str], kind: str, key: str) -> str:
     if key not in table:
@@ -122,6 +125,16 @@ class CohortPaths:
     def summary_html(self) -> Path:
         """The cohort table as an HTML page."""
         return self.root / "summary.html"
+
+    @property
+    def report_html(self) -> Path:
+        """The cohort report page: gallery, table, plots and QC flags."""
+        return self.root / "report.html"
+
+    def multiqc(self, section: str) -> Path:
+        """The MultiQC custom-content file of one section (see MULTIQC_SECTIONS)."""
+        _named({s: s for s in MULTIQC_SECTIONS}, "MultiQC section", section)
+        return self.root / "multiqc" / f"histoflow_{section}_mqc.yaml"
 
 
 def log_path(rule: str, sample: str, logs: str = LOGS) -> Path:

@@ -9,6 +9,8 @@ STAGE_TARGETS["cohort"] = [
     sample_path("manifest_json"),
     str(COHORT.summary_tsv),
     str(COHORT.summary_html),
+    str(COHORT.report_html),
+    *COHORT_MULTIQC,
 ]
 
 
@@ -74,9 +76,36 @@ rule cohort_summary:
         "../../scripts/cohort_summary.py"
 
 
+# The cohort page (gallery, table, plots, QC flags) and the MultiQC custom-content
+# files; reads the same per-slide files as the table.
+rule cohort_report:
+    input:
+        manifests=expand(sample_path("manifest_json"), sample=reported_samples()),
+    output:
+        html=str(COHORT.report_html),
+        multiqc=COHORT_MULTIQC,
+    log:
+        str(log_path("cohort_report", COHORT_ID)),
+    benchmark:
+        str(benchmark_path("cohort_report", COHORT_ID))
+    conda:
+        "../../envs/geometry.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    params:
+        sheet=report_safe(sheet_records()),
+        settings=report_safe(config["report"]),
+        logs=LOGS,
+        benchmarks=BENCHMARKS,
+    script:
+        "../../scripts/cohort_report.py"
+
+
 # A few small files per slide: not worth a cluster job and its queueing.
 localrules:
     cohort_summary,
+    cohort_report,
 
 
 onerror:

@@ -14,6 +14,7 @@ from histoflow.paths import (  # noqa: E402
     BENCHMARKS,
     COHORT as COHORT_ID,
     LOGS,
+    MULTIQC_SECTIONS,
     CohortPaths,
     SamplePaths,
     benchmark_path,
@@ -41,6 +42,7 @@ wildcard_constraints:
 # ---- paths: every file name comes from histoflow.paths ----
 
 COHORT = CohortPaths()
+COHORT_MULTIQC = [str(COHORT.multiqc(section)) for section in MULTIQC_SECTIONS]
 
 
 def sample_path(name, *args):
@@ -279,21 +281,40 @@ def slide_config():
 
 
 def write_summary_after_error():
-    # After a failed run (keep-going) the cohort_summary job cannot run, as its
-    # inputs are missing. Write the table anyway, so failed slides show up with their
-    # error, and backdate it, so the next run rebuilds it through the rule.
+    # After a failed run (keep-going) the cohort_summary and cohort_report jobs cannot
+    # run, as their inputs are missing. Write the table and the report anyway, so failed
+    # slides show up with their error, and backdate them, so the next run rebuilds them
+    # through the rules.
     if "cohort" not in config["stages"]:
         return
-    if not any(job.rule.name == "cohort_summary" for job in workflow.dag.jobs):
-        return
-    from histoflow.cohort import write_summary
+    rules = {job.rule.name for job in workflow.dag.jobs}
+    if "cohort_summary" in rules:
+        from histoflow.cohort import write_summary
 
-    tsv, html = COHORT.summary_tsv, COHORT.summary_html
+        tsv, html = COHORT.summary_tsv, COHORT.summary_html
+        backdate_after_error(
+            "cohort summary",
+            lambda: write_summary(sheet_records(), tsv, html),
+            [tsv, html],
+        )
+    if "cohort_report" in rules:
+        from histoflow.report.build import write_report
+        from histoflow.report.settings import ReportSettings
+
+        settings = ReportSettings.from_config(config["report"])
+        backdate_after_error(
+            "cohort report",
+            lambda: write_report(sheet_records(), settings=settings),
+            [COHORT.report_html, *COHORT_MULTIQC],
+        )
+
+
+def backdate_after_error(what, write, paths):
     try:
-        write_summary(sheet_records(), tsv, html)
-        for path in (tsv, html):
+        write()
+        for path in paths:
             os.utime(path, (0, 0))
     except Exception as exc:  # a report of the failure must not hide the failure
-        logger.warning(f"cohort summary not written after the failed run: {exc}")
+        logger.warning(f"{what} not written after the failed run: {exc}")
         return
-    logger.warning(f"cohort summary with failed slides written to {tsv}")
+    logger.warning(f"{what} with failed slides written to {paths[0]}")

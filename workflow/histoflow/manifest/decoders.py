@@ -26,9 +26,10 @@ def decode_tsv(path: Path) -> list[list[str]]:
 
 
 def decode_html(path: Path) -> str:
-    """Cohort HTML table without wall-time cells (marked class="time")."""
+    """Cohort pages without wall times: table cells and the report's JSON block of
+    times, marked class="time"."""
     text = path.read_text(encoding="utf-8")
-    return re.sub(r'<(td|th) class="time"[^>]*>.*?</\1>', "", text, flags=re.S)
+    return re.sub(r'<(td|th|script)\b[^>]*\bclass="time"[^>]*>.*?</\1>', "", text, flags=re.S)
 
 
 def _h5_attrs(obj) -> dict:
@@ -86,7 +87,7 @@ def decode_parquet(path: Path) -> list[dict]:
 # Formats compared by content when their bytes differ, with the reason they may.
 DECODERS: dict[str, Callable[[Path], object]] = {
     ".tsv": decode_tsv,  # cohort summary: wall-time columns differ on every run
-    ".html": decode_html,  # cohort summary table: same
+    ".html": decode_html,  # cohort summary table and report page: same
     ".h5": decode_hdf5,  # HDF5 object headers may carry modification times
     ".hdf5": decode_hdf5,
     ".sqlite": decode_sqlite,  # page layout may differ, rows must not

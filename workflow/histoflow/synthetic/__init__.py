@@ -7,4 +7,5 @@
 - `raw`: raw.zarr stores on the dense patch grid (merge)
 - `maps`: maps.zarr stores with known objects, and their model cards (instances)
 - `writer_load`: a tile load on the per-tile store writers, with their peak memory
+- `cohort`: a cohort's per-slide files (masks, pictures, instance tables, logs) for the report
 """
