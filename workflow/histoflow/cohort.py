@@ -54,7 +54,14 @@ BASE_COLUMNS = (
 # mask.json fields copied into the row as they are.
 MASK_COLUMNS = ("mpp_source", "tissue_fraction", "tissue_area_mm2")
 # Pipeline order for the wall-time columns; other rules follow alphabetically.
-RULE_ORDER = ("mask_tissue", "infer_patches", "merge_patches", "extract_instances")
+RULE_ORDER = (
+    "mask_tissue",
+    "infer_patches",
+    "merge_patches",
+    "extract_instances",
+    "measure_cells",
+    "cells_anndata",
+)
 LAST_RULES = ("write_manifest",)
 TOTAL_TIME = "time_total_s"
 STATUSES = ("ok", "failed", "missing")

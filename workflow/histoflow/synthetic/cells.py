@@ -44,8 +44,14 @@ def ellipse_labels(shape, ellipses) -> np.ndarray:
     where two overlap the first keeps the pixel."""
     labels = np.zeros(shape, np.int32)
     for i, (cy, cx, ry, rx, angle) in enumerate(ellipses):
-        m = ellipse_mask(shape, cy, cx, ry, rx, angle)
-        labels[m & (labels == 0)] = i + 1
+        r = math.ceil(max(ry, rx)) + 1
+        y0, x0 = max(0, math.floor(cy) - r), max(0, math.floor(cx) - r)
+        y1, x1 = min(shape[0], math.floor(cy) + r + 1), min(shape[1], math.floor(cx) + r + 1)
+        if y1 <= y0 or x1 <= x0:
+            continue
+        m = ellipse_mask((y1 - y0, x1 - x0), cy - y0, cx - x0, ry, rx, angle)
+        window = labels[y0:y1, x0:x1]
+        window[m & (window == 0)] = i + 1
     return labels
 
 
@@ -163,7 +169,8 @@ def write_ellipse_table(
     for start in range(0, cy.size, batch):
         sl = slice(start, start + batch)
         rings = [library[k][0] + (x, y) for k, y, x in zip(pick[sl], cy[sl], cx[sl])]
-        polys = shapely.polygons([r * scale for r in rings])
+        index = np.repeat(np.arange(len(rings)), [len(r) for r in rings])
+        polys = shapely.polygons(shapely.linearrings(np.concatenate(rings) * scale, indices=index))
         area = np.array([library[k][1] for k in pick[sl]], np.float64)
         bounds = shapely.bounds(polys)
         centroid = shapely.get_coordinates(shapely.centroid(polys))
