@@ -5,6 +5,7 @@ from histoflow.cells.resources import estimate_mem_mb as cells_mem_mb
 STAGE_TARGETS["cells"] = [
     sample_path("cells_parquet"),
     sample_path("cells_graph_parquet"),
+    sample_path("cells_h5ad"),
 ]
 
 
@@ -33,3 +34,22 @@ rule measure_cells:
     script:
         "../../scripts/measure_cells.py"
 
+
+rule cells_anndata:
+    input:
+        cells=sample_path("cells_parquet"),
+        graph=sample_path("cells_graph_parquet"),
+        mask=sample_path("mask_json"),
+    output:
+        sample_path("cells_h5ad"),
+    log:
+        rule_log("cells_anndata"),
+    benchmark:
+        rule_benchmark("cells_anndata")
+    conda:
+        "../../envs/geometry.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    script:
+        "../../scripts/cells_anndata.py"
