@@ -41,7 +41,7 @@ def test_degenerate_layouts():
 
 
 def test_graph_edges_stay_within_a_task_and_have_lengths():
-    points = np.vstack([KITE, KITE + [1000.0, 0.0]])
+    points = np.vstack([KITE, KITE + np.array([1000.0, 0.0])])
     groups = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     s, t, length = graph_edges(points, groups)
     assert len(s) == 10

@@ -52,3 +52,13 @@ def deconvolve(rgb: np.ndarray, matrix: np.ndarray | None = None) -> np.ndarray:
     `matrix` from `stain_matrix` (default Ruifrok & Johnston)."""
     matrix = stain_matrix() if matrix is None else matrix
     return optical_density(rgb) @ np.linalg.inv(matrix)
+
+
+def deconvolution_tables(matrix: np.ndarray | None = None) -> np.ndarray:
+    """(3 stains, 3 channels, 256) float64: the concentration of each stain is the sum
+    over channels of table[stain, channel, value], the same as `deconvolve` without
+    computing a logarithm per pixel."""
+    matrix = stain_matrix() if matrix is None else matrix
+    od = optical_density(np.arange(256))  # (256,)
+    inverse = np.linalg.inv(matrix)  # channel -> stain
+    return inverse.T[:, :, None] * od[None, None, :]

@@ -265,10 +265,11 @@ def intensity_measurements(
 ) -> dict[str, np.ndarray]:
     """INTENSITY_COLUMNS from `rgb` (p, 3) uint8, the colour of each pixel of `pixels`."""
     area = pixels.counts
-    conc = stains.deconvolve(rgb, matrix)
+    tables = stains.deconvolution_tables(matrix)
+    r, g, b = (rgb[:, c] for c in range(3))
     out: dict[str, np.ndarray] = {}
     for k, stain in enumerate(("hematoxylin", "eosin")):
-        values = conc[:, k]
+        values = tables[k, 0][r] + tables[k, 1][g] + tables[k, 2][b]
         mean, std = _mean_std(values, pixels, area)
         lo, hi = _per_object_min_max(values, pixels)
         out |= {

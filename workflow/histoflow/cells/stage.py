@@ -1,19 +1,22 @@
 """measure_cells as one call: instances.parquet + slide -> cells.parquet + graph.parquet.
 
-Memory stays bounded whatever the slide: the instance table is streamed in batches of
-`batch_rows` rows (file order, which is top-left corner order within each task, so a
-batch covers a band of the slide); each batch's nuclei are rasterised at model
-resolution, and the slide is read at the model's mpp in fixed blocks of `read_block`
-model pixels (plus a small frame of context for the resampling), one block at a time,
-only where the batch has pixels. Block positions are fixed on the slide, so a pixel's
-colour, and with it every measurement, is the same whatever the batch size or the
-number of workers (tests/test_cells_stage.py: tiled == whole). Batches run on `workers`
-processes and come back in order. Only the centroids of the whole table are held at
-once, for the neighbour counts and the Delaunay graph (`histoflow.cells.graph`).
+Memory stays bounded whatever the slide: the instance table is cut into chunks of
+contiguous rows (file order, which is top-left corner order within each task, so a
+chunk covers a band of the slide), and a worker measures its chunk in batches of
+`batch_rows` nuclei: each batch is rasterised at model resolution and its pixels'
+colours come from the slide read at the model's mpp in fixed blocks of `read_block`
+model pixels (plus a small frame of context for the resampling), only where nuclei are.
+The worker keeps the blocks of the rows the next batch may still need, so each block is
+read about once. Block positions are fixed on the slide, so a pixel's colour, and with
+it every measurement, is the same whatever the batch size, chunking or number of
+workers (tests/test_cells_stage.py: tiled == whole). Chunks run on `workers` processes
+and are written in order. Only the centroids of the whole table are held at once, for
+the neighbour counts and the Delaunay graph (`histoflow.cells.graph`).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import multiprocessing
@@ -54,17 +57,10 @@ log = logging.getLogger("histoflow.cells")
 # Model pixels of context read around each block, so that resampling at the block's
 # edge sees the same slide pixels as in its middle.
 READ_FRAME = 4
-# Table columns a batch needs.
-BATCH_COLUMNS = (
-    "id",
-    "task",
-    "class_id",
-    "class_name",
-    "probability",
-    "centroid_x",
-    "centroid_y",
-    "contour",
-)
+# Instance-table columns copied into cells.parquet.
+IDENTITY = ("id", "task", "class_id", "class_name", "probability", "centroid_x", "centroid_y")
+# Batches of nuclei per chunk of work (one worker task, one block cache).
+CHUNK_BATCHES = 8
 
 
 @dataclass(frozen=True)
@@ -137,35 +133,65 @@ def _slide(ctx: Context):
     return _SLIDES[key]
 
 
-def read_colours(ctx: Context, y: np.ndarray, x: np.ndarray, read=None) -> tuple[np.ndarray, int]:
-    """RGB (p, 3) of model pixels (y, x) and the number of blocks read.
+class BlockCache:
+    """Blocks of the slide at model resolution, read once each at fixed positions.
 
-    `read(x0, y0, w, h)` reads a region at model resolution (default: the slide).
+    `read(x0, y0, w, h)` reads a region at model resolution (default: the slide). Rows
+    of blocks above the batch being measured are dropped (batches come in corner
+    order), and the oldest blocks once more than `max_blocks` are held.
     """
-    if read is None:
-        slide = _slide(ctx)
 
-        def read(x0, y0, w, h):
-            return slide.read_region(x0, y0, w, h, ctx.mpp)
+    def __init__(self, ctx: Context, read=None, max_blocks: int = 1024):
+        if read is None:
+            slide = _slide(ctx)
 
-    b, f = ctx.block, READ_FRAME
+            def read(x0, y0, w, h):
+                return slide.read_region(x0, y0, w, h, ctx.mpp)
+
+        self.ctx, self.read_region, self.max_blocks = ctx, read, max_blocks
+        self.blocks: dict[tuple[int, int], np.ndarray] = {}
+        self.reads = 0
+
+    def get(self, by: int, bx: int) -> np.ndarray:
+        """Block (by, bx) with its frame: (b + 2 f, b + 2 f, 3) uint8."""
+        key = (by, bx)
+        if key not in self.blocks:
+            b, f = self.ctx.block, READ_FRAME
+            while len(self.blocks) >= self.max_blocks:
+                self.blocks.pop(next(iter(self.blocks)))
+            self.blocks[key] = self.read_region(bx * b - f, by * b - f, b + 2 * f, b + 2 * f)
+            self.reads += 1
+        return self.blocks[key]
+
+    def drop_rows_above(self, by: int) -> None:
+        """Forget the blocks of rows above `by`."""
+        for key in [k for k in self.blocks if k[0] < by]:
+            del self.blocks[key]
+
+
+def read_colours(cache: BlockCache, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """RGB (p, 3) of model pixels (y, x), from the cache's blocks."""
+    b, f = cache.ctx.block, READ_FRAME
     by, bx = y // b, x // b
-    key = by * (ctx.shape[1] // b + 1) + bx
-    order = np.argsort(key, kind="stable")
-    keys, starts = np.unique(key[order], return_index=True)
-    ends = np.r_[starts[1:], len(order)]
     rgb = np.empty((len(y), 3), np.uint8)
+    if len(y) == 0:
+        return rgb
+    cache.drop_rows_above(int(by.min()))
+    key = by * (cache.ctx.shape[1] // b + 1) + bx
+    order = np.argsort(key, kind="stable")
+    _, starts = np.unique(key[order], return_index=True)
+    ends = np.r_[starts[1:], len(order)]
     for s, e in zip(starts, ends):
         sel = order[s:e]
-        oy, ox = int(by[sel[0]]) * b, int(bx[sel[0]]) * b
-        block = read(ox - f, oy - f, b + 2 * f, b + 2 * f)
-        rgb[sel] = block[y[sel] - oy + f, x[sel] - ox + f]
-    return rgb, len(keys)
+        row, col = int(by[sel[0]]), int(bx[sel[0]])
+        block = cache.get(row, col)
+        rgb[sel] = block[y[sel] - row * b + f, x[sel] - col * b + f]
+    return rgb
 
 
-def measure_batch(ctx: Context, contours: list, read=None) -> tuple[dict[str, np.ndarray], int]:
-    """MEASUREMENT_COLUMNS of the objects whose contours (level-0 WKB) are given, and the
-    number of blocks read. Runs in a worker."""
+def measure_batch(ctx: Context, contours, cache: BlockCache | None = None) -> dict[str, np.ndarray]:
+    """MEASUREMENT_COLUMNS of the objects whose contours (level-0 WKB) are given."""
+    cache = cache or BlockCache(ctx)
     polys = shapely.transform(shapely.from_wkb(np.asarray(contours, dtype=object)), _scaler(ctx))
     pixels = rasterise(polys)
     h, w = ctx.shape
@@ -173,9 +199,69 @@ def measure_batch(ctx: Context, contours: list, read=None) -> tuple[dict[str, np
     if not inside.all():
         pixels = pixels.take(inside)
     out = shape_measurements(pixels, polys, ctx.mpp)
-    rgb, blocks = read_colours(ctx, pixels.y, pixels.x, read)
+    rgb = read_colours(cache, pixels.y, pixels.x)
     out |= intensity_measurements(pixels, rgb, np.asarray(ctx.matrix))
-    return {k: out[k].astype(np.float32) for k in MEASUREMENT_COLUMNS}, blocks
+    return {k: out[k].astype(np.float32) for k in MEASUREMENT_COLUMNS}
+
+
+def iter_rows(
+    path: str | Path, start: int, stop: int, columns, batch_size: int = 4096
+) -> Iterator[dict[str, np.ndarray]]:
+    """Rows start..stop of a parquet file as consecutive pieces (column -> array),
+    streamed from the row groups that hold them, so memory stays at one piece."""
+    pf = pq.ParquetFile(path)
+    groups, offset, first = [], 0, None
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if offset + n > start and offset < stop:
+            groups.append(g)
+            first = offset if first is None else first
+        offset += n
+    if not groups:
+        return
+    row = first
+    for batch in pf.iter_batches(batch_size=batch_size, row_groups=groups, columns=list(columns)):
+        a, b = max(start - row, 0), min(stop - row, batch.num_rows)
+        row += batch.num_rows
+        if b > a:
+            piece = batch.slice(a, b - a)
+            yield {c: piece.column(c).to_numpy(zero_copy_only=False) for c in columns}
+        if row >= stop:
+            return
+
+
+def read_rows(path: str | Path, start: int, stop: int, columns) -> dict[str, np.ndarray]:
+    """Rows start..stop of a parquet file (column -> array)."""
+    pieces = list(iter_rows(path, start, stop, columns))
+    if not pieces:
+        return {c: np.empty(0, object) for c in columns}
+    return {c: np.concatenate([p[c] for p in pieces]) for c in columns}
+
+
+def measure_chunk(
+    ctx: Context, table_path: str, start: int, keep: np.ndarray, batch_rows: int
+) -> tuple[dict[str, np.ndarray], int, int]:
+    """Measurements of the nuclei rows (`keep`) of table rows start..start+len(keep),
+    batch by batch with one block cache; also batches and blocks read. Runs in a worker."""
+    cache = BlockCache(ctx)
+    parts, pending, row = [], [], start
+
+    def flush(contours):
+        parts.append(measure_batch(ctx, contours, cache))
+
+    for piece in iter_rows(table_path, start, start + len(keep), ["contour"], batch_rows):
+        n = len(piece["contour"])
+        pending.extend(piece["contour"][keep[row - start : row - start + n]].tolist())
+        row += n
+        while len(pending) >= batch_rows:
+            flush(pending[:batch_rows])
+            pending = pending[batch_rows:]
+    if pending:
+        flush(pending)
+    if not parts:
+        return {k: np.empty(0, np.float32) for k in MEASUREMENT_COLUMNS}, 0, 0
+    out = {k: np.concatenate([p[k] for p in parts]) for k in MEASUREMENT_COLUMNS}
+    return out, len(parts), cache.reads
 
 
 def _scaler(ctx: Context):
@@ -244,35 +330,38 @@ def _executor(workers: int) -> Executor | None:
     return ex
 
 
-def _batches(table: InstanceTable, keep: np.ndarray, batch_rows: int) -> Iterator[dict]:
-    """Row batches (column -> numpy/list) of the nuclei rows, in file order."""
-    pf = pq.ParquetFile(table.path)
-    offset = 0
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=list(BATCH_COLUMNS)):
-        sel = keep[offset : offset + batch.num_rows]
-        offset += batch.num_rows
-        if sel.any():
-            yield {
-                name: batch.column(name).to_numpy(zero_copy_only=False)[sel]
-                for name in BATCH_COLUMNS
-            }
+def chunks(keep: np.ndarray, batch_rows: int, workers: int) -> list[tuple[int, int]]:
+    """Contiguous table row ranges, each with about CHUNK_BATCHES batches of nuclei
+    (fewer, smaller ones when that leaves workers idle)."""
+    rows = np.flatnonzero(keep)
+    if len(rows) == 0:
+        return []
+    per_chunk = batch_rows * CHUNK_BATCHES
+    count = max(math.ceil(len(rows) / per_chunk), min(workers, math.ceil(len(rows) / batch_rows)))
+    cuts = [rows[(len(rows) * i) // count] for i in range(count)] + [len(keep)]
+    return [(int(a), int(b)) for a, b in itertools.pairwise(cuts) if b > a]
 
 
-def _measured(ctx: Context, batches: Iterator[dict], executor: Executor | None, workers: int):
-    """(batch, measurements, blocks) in order, at most 2 x workers batches in flight."""
+def _measured(ctx: Context, table_path, keep, options, executor: Executor | None):
+    """(start, stop, measurements, batches, blocks) per chunk in order, at most
+    2 x workers chunks in flight."""
+    jobs = chunks(keep, options.batch_rows, options.workers)
     if executor is None:
-        for batch in batches:
-            yield batch, *measure_batch(ctx, batch["contour"])
+        for a, b in jobs:
+            yield a, b, *measure_chunk(ctx, str(table_path), a, keep[a:b], options.batch_rows)
         return
     pending: deque = deque()
-    for batch in batches:
-        pending.append((batch, executor.submit(measure_batch, ctx, batch["contour"])))
-        if len(pending) >= 2 * workers:
-            done, future = pending.popleft()
-            yield done, *future.result()
+    for a, b in jobs:
+        future = executor.submit(
+            measure_chunk, ctx, str(table_path), a, keep[a:b], options.batch_rows
+        )
+        pending.append((a, b, future))
+        if len(pending) >= 2 * options.workers:
+            a0, b0, done = pending.popleft()
+            yield a0, b0, *done.result()
     while pending:
-        done, future = pending.popleft()
-        yield done, *future.result()
+        a0, b0, done = pending.popleft()
+        yield a0, b0, *done.result()
 
 
 def table_meta(meta: dict, tasks: list[str], classes: list[str], options, ctx) -> dict:
@@ -338,20 +427,22 @@ def run(
         t_measure = time.perf_counter()
         with atomic_output(cells_path) as tmp, CellTableWriter(tmp, classes, meta) as writer:
             row = 0
-            batches = _batches(table, keep, options.batch_rows)
-            for batch, values, blocks in _measured(ctx, batches, executor, options.workers):
-                n = len(batch["id"])
+            for a, b, values, batches, blocks in _measured(
+                ctx, table.path, keep, options, executor
+            ):
+                sel = keep[a:b]
+                columns = {k: v[sel] for k, v in read_rows(table.path, a, b, IDENTITY).items()}
+                n = len(columns["id"])
                 part = counts[row : row + n]
-                columns = {k: batch[k] for k in BATCH_COLUMNS if k != "contour"}
-                columns["centroid_x_um"] = batch["centroid_x"] * ctx.slide_mpp
-                columns["centroid_y_um"] = batch["centroid_y"] * ctx.slide_mpp
+                columns["centroid_x_um"] = columns["centroid_x"] * ctx.slide_mpp
+                columns["centroid_y_um"] = columns["centroid_y"] * ctx.slide_mpp
                 columns |= values
                 columns[NEIGHBOURS_TOTAL] = part.sum(axis=1)
                 columns |= {neighbour_column(c): part[:, i] for i, c in enumerate(classes)}
                 columns[DEGREE] = deg[row : row + n]
                 writer.write(columns)
                 row += n
-                stats.batches += 1
+                stats.batches += batches
                 stats.blocks += blocks
             stats.cells = writer.rows
     finally:
@@ -373,8 +464,3 @@ def run(
         options.neighbour_radius_um,
     )
     return stats
-
-
-def block_count(shape: tuple[int, int], block: int) -> int:
-    """Blocks of `block` model pixels that cover a slide of `shape` (H, W)."""
-    return math.ceil(shape[0] / block) * math.ceil(shape[1] / block)
