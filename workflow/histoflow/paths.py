@@ -42,6 +42,7 @@ LAYOUT = {
 # Export formats: file name under results/<sample>/export/ ("{sample}" is the ID).
 EXPORTS = {
     "geojson": "{sample}.geojson",
+    "cells": "{sample}.cells.geojson",
     "sqlite": "{sample}.sqlite",
     "tsv": "{sample}.objects.tsv",
     "summary": "{sample}.summary.tsv",
@@ -92,6 +93,11 @@ class SamplePaths:
         """The export file of format `fmt` (a key of EXPORTS)."""
         name = _named(EXPORTS, "export format", fmt)
         return self.root / "export" / name.format(sample=self.sample)
+
+    def geojson(self, fmt: str = "geojson", gzip: bool = False) -> Path:
+        """A GeoJSON export (`geojson` detections or `cells`), `.gz` with `gzip`."""
+        path = self.export(fmt)
+        return path.with_name(path.name + ".gz") if gzip else path
 
     def tile_store(self, fmt: str) -> Path:
         """The per-tile store of format `fmt` (a key of TILE_STORES)."""
