@@ -135,3 +135,30 @@ def test_bad_stain_vectors_name_the_field():
 
     with pytest.raises(ConfigError, match=r"cells\.stain_vectors"):
         CellsOptions.from_config({"stain_vectors": [[1, 0, 0], [1, 0, 0]]})
+
+
+def test_cohort_tables_have_per_class_cell_columns(tmp_path):
+    from histoflow.cohort import write_summary
+    from histoflow.paths import SamplePaths
+
+    paths = SamplePaths("S1", str(tmp_path / "results"))
+    slide, table, *_ = synthetic_case(tmp_path, slide_mpp=0.5, seed=4, size=200)
+    run(table, slide, paths.cells_parquet, paths.cells_graph_parquet, sample="S1")
+    paths.mask_json.parent.mkdir(parents=True)
+    paths.mask_json.write_text('{"tissue_area_mm2": 0.01, "slide_dimensions": [200, 200]}')
+    summary, cells_tsv = tmp_path / "summary.tsv", tmp_path / "cells.tsv"
+    write_summary({"S1": {"path": str(slide)}}, summary, results_dir=tmp_path / "results",
+                  cells_path=cells_tsv)  # fmt: skip
+    head, row = (line.split("\t") for line in summary.read_text().splitlines())
+    values = dict(zip(head, row))
+    frame = pq.read_table(paths.cells_parquet).to_pandas()
+    tumour = frame[frame["class_name"] == "Tumour"]
+    column = "cells_nuclei_Tumour_median_area_um2"
+    assert float(values[column]) == pytest.approx(tumour["area_um2"].median(), abs=0.01)
+    assert "cells_nuclei_Lymphocyte_median_neighbours_total" in values
+    lines = [line.split("\t") for line in cells_tsv.read_text().splitlines()]
+    by_class = {line[2]: dict(zip(lines[0], line)) for line in lines[1:]}
+    assert set(by_class) == {"Tumour", "Lymphocyte"}
+    assert int(by_class["Tumour"]["cells"]) == len(tumour)
+    assert float(by_class["Tumour"]["cells_per_mm2"]) == pytest.approx(len(tumour) / 0.01)
+    assert "median_neighbours_Lymphocyte" in lines[0]

@@ -128,6 +128,11 @@ class CohortPaths:
         return self.root / "summary.tsv"
 
     @property
+    def cells_tsv(self) -> Path:
+        """The per-class cells table (one row per slide and class)."""
+        return self.root / "cells.tsv"
+
+    @property
     def summary_html(self) -> Path:
         """The cohort table as an HTML page."""
         return self.root / "summary.html"

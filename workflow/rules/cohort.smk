@@ -9,6 +9,7 @@ STAGE_TARGETS["cohort"] = [
     sample_path("manifest_json"),
     str(COHORT.summary_tsv),
     str(COHORT.summary_html),
+    str(COHORT.cells_tsv),
 ]
 
 
@@ -57,6 +58,7 @@ rule cohort_summary:
             category="Cohort",
             labels={"table": "summary"},
         ),
+        cells=str(COHORT.cells_tsv),
     log:
         str(log_path("cohort_summary", COHORT_ID)),
     benchmark:

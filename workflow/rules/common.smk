@@ -280,10 +280,10 @@ def write_summary_after_error():
         return
     from histoflow.cohort import write_summary
 
-    tsv, html = COHORT.summary_tsv, COHORT.summary_html
+    tsv, html, cells = COHORT.summary_tsv, COHORT.summary_html, COHORT.cells_tsv
     try:
-        write_summary(sheet_records(), tsv, html)
-        for path in (tsv, html):
+        write_summary(sheet_records(), tsv, html, cells_path=cells)
+        for path in (tsv, html, cells):
             os.utime(path, (0, 0))
     except Exception as exc:  # a report of the failure must not hide the failure
         logger.warning(f"cohort summary not written after the failed run: {exc}")
