@@ -28,11 +28,11 @@ import numpy as np
 import shapely
 
 from histoflow.cells.measure import MEASUREMENT_COLUMNS
-from histoflow.cells.stage import read_rows
 from histoflow.export.geojson import DECIMALS, geometry_json, measurement, write_features
 from histoflow.export.instances import class_color, object_uuid, polygonal_array
 from histoflow.io.cell_table import DEGREE, NEIGHBOURS_TOTAL, open_cell_table
 from histoflow.io.instance_table import open_instance_table
+from histoflow.io.rows import read_rows
 
 log = logging.getLogger(__name__)
 
