@@ -17,6 +17,7 @@ def main():
         results_dir=Path(sm.output.tsv).parent.parent,
         logs_dir=sm.params.logs,
         benchmarks_dir=sm.params.benchmarks,
+        cells_path=sm.output.cells,
     )
     _common.logging.getLogger("histoflow.cohort_summary").info(
         "%d slides, %d columns", len(rows), len(header)

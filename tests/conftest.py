@@ -20,7 +20,17 @@ SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 DEMO_CONFIG = {
     "keep": ["raw", "maps"],
     "export": {
-        "formats": ["geojson", "sqlite", "tsv", "summary", "zarr", "hdf5", "npz", "ometiff"]
+        "formats": [
+            "geojson",
+            "cells",
+            "sqlite",
+            "tsv",
+            "summary",
+            "zarr",
+            "hdf5",
+            "npz",
+            "ometiff",
+        ]
     },
 }
 DEMO_SAMPLE = "demo"

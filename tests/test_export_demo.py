@@ -22,7 +22,7 @@ from shapely.geometry import shape
 pytestmark = pytest.mark.e2e
 
 SAMPLE = DEMO_SAMPLE
-FORMATS = ["geojson", "sqlite", "tsv", "summary", "zarr", "hdf5", "npz", "ometiff"]
+FORMATS = ["geojson", "cells", "sqlite", "tsv", "summary", "zarr", "hdf5", "npz", "ometiff"]
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +48,8 @@ def _maps(res):
 def test_all_formats_written(demo):
     _, _, out = demo
     names = sorted(p.name for p in out.iterdir())
-    suffixes = [".geojson", ".h5", ".npz", ".objects.tsv", ".ome.tif", ".sqlite"]
-    suffixes += [".summary.tsv", ".zarr"]
+    suffixes = [".cells.geojson", ".geojson", ".h5", ".npz", ".objects.tsv", ".ome.tif"]
+    suffixes += [".sqlite", ".summary.tsv", ".zarr"]
     assert names == sorted(SAMPLE + s for s in suffixes)
 
 

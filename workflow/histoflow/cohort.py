@@ -2,9 +2,12 @@
 
 Columns: sample, status, error, slide geometry and tissue area (mask.json), number of
 patches (raw.zarr `boxes`), objects and objects per mm² of tissue, in total and per
-class (instances.parquet, counted as the export summary counts them), and wall
-seconds per rule (benchmark files, columns `time_<rule>_s`). Only the `time_*_s`
-columns differ between reruns.
+class (instances.parquet, counted as the export summary counts them), per class the
+median nucleus area, eccentricity, circularity, haematoxylin OD and neighbour count
+(cells.parquet, `cells_<task>_<class>_median_<measurement>`), and wall seconds per
+rule (benchmark files, columns `time_<rule>_s`). Only the `time_*_s` columns differ
+between reruns. results/cohort/cells.tsv has one line per slide and class: count,
+density per mm² of tissue and medians (`histoflow.cells.cohort`).
 
 Status of a slide:
 - ok: its manifest exists, so every enabled stage finished for it;
@@ -20,6 +23,7 @@ import html
 import os
 from pathlib import Path
 
+from histoflow.cells.cohort import CELLS_TSV_COLUMNS, class_summaries, summary_columns
 from histoflow.export.summary import (
     DEFAULT_DIGITS,
     DIGITS,
@@ -54,9 +58,18 @@ BASE_COLUMNS = (
 # mask.json fields copied into the row as they are.
 MASK_COLUMNS = ("mpp_source", "tissue_fraction", "tissue_area_mm2")
 # Pipeline order for the wall-time columns; other rules follow alphabetically.
-RULE_ORDER = ("mask_tissue", "infer_patches", "merge_patches", "extract_instances")
+RULE_ORDER = (
+    "mask_tissue",
+    "infer_patches",
+    "merge_patches",
+    "extract_instances",
+    "measure_cells",
+    "cells_anndata",
+)
 LAST_RULES = ("write_manifest",)
 TOTAL_TIME = "time_total_s"
+# Decimal places of the cells table's values.
+CELL_DIGITS = 4
 STATUSES = ("ok", "failed", "missing")
 
 
@@ -133,6 +146,8 @@ def slide_row(
     row["patches"] = _patches(paths)
     if paths.instances_parquet.is_file():
         row["classes"] = class_counts(open_instance_table(paths.instances_parquet))
+    if paths.cells_parquet.is_file():
+        row["cells"] = class_summaries(paths.cells_parquet, row.get("tissue_area_mm2"))
     row["times"] = {rule: t["s"] for rule, t in rule_timings(benchmarks_dir, sample).items()}
     return row
 
@@ -154,12 +169,18 @@ def _union(keys_per_row) -> list:
     return out
 
 
-def _row_values(row: dict, classes: list[tuple[str, str]], rules: list[str]) -> dict:
-    """Every column of one row: base facts, objects per class (over `classes`), times."""
+def _row_values(
+    row: dict, classes: list[tuple[str, str]], cell_classes: list, rules: list[str]
+) -> dict:
+    """Every column of one row: base facts, objects per class (over `classes`), cell
+    medians per class, times."""
     values = dict(row)
     if "classes" in row:
         counts = {key: row["classes"].get(key, 0) for key in classes}
         values |= object_columns(counts, row.get("tissue_area_mm2"))
+    for key in cell_classes:
+        stats = row.get("cells", {}).get(key, {})
+        values |= {column: stats.get(stat) for stat, column in summary_columns(*key)}
     times = {time_column(rule): row["times"].get(rule) for rule in rules}
     values |= times
     known = [t for t in times.values() if t is not None]
@@ -167,23 +188,39 @@ def _row_values(row: dict, classes: list[tuple[str, str]], rules: list[str]) -> 
     return values
 
 
+def slide_rows(
+    sheet: dict[str, dict],
+    results_dir: str | os.PathLike = "results",
+    logs_dir: str | os.PathLike = "logs",
+    benchmarks_dir: str | os.PathLike = "benchmarks",
+) -> list[dict]:
+    """`slide_row` of every slide of the sheet, in sheet order."""
+    return [slide_row(s, r, results_dir, logs_dir, benchmarks_dir) for s, r in sheet.items()]
+
+
 def cohort_table(
     sheet: dict[str, dict],
     results_dir: str | os.PathLike = "results",
     logs_dir: str | os.PathLike = "logs",
     benchmarks_dir: str | os.PathLike = "benchmarks",
+    rows: list[dict] | None = None,
 ) -> tuple[list[str], list[list[str]]]:
-    """Header and formatted rows, in sheet order; class and time columns are the union."""
-    rows = [slide_row(s, r, results_dir, logs_dir, benchmarks_dir) for s, r in sheet.items()]
+    """Header and formatted rows, in sheet order; class and time columns are the union.
+    `rows`: the slides' `slide_row`s, when already read."""
+    if rows is None:
+        rows = slide_rows(sheet, results_dir, logs_dir, benchmarks_dir)
     classes = _union(row.get("classes", {}) for row in rows)
+    cell_classes = _union(row.get("cells", {}) for row in rows)
     rules = sorted({rule for row in rows for rule in row["times"]}, key=rule_key)
     header = list(BASE_COLUMNS)
     for task, name in classes:
         header += class_columns(task, name)
+    for key in cell_classes:
+        header += [column for _, column in summary_columns(*key)]
     header += [time_column(rule) for rule in rules] + [TOTAL_TIME]
     table = []
     for row in rows:
-        values = _row_values(row, classes, rules)
+        values = _row_values(row, classes, cell_classes, rules)
         table.append([format_cell(values.get(c), DIGITS.get(c, DEFAULT_DIGITS)) for c in header])
     return header, table
 
@@ -230,6 +267,23 @@ def render_html(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cells_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """results/cohort/cells.tsv: one line per slide and class of the slides with cells,
+    count, density and medians (neighbour-class columns: the union, in order)."""
+    keys = _union(
+        [k for k in stats if k.startswith("median_neighbours_")]
+        for row in rows
+        for stats in row.get("cells", {}).values()
+    )
+    header = [*CELLS_TSV_COLUMNS, *(k for k in keys if k not in CELLS_TSV_COLUMNS)]
+    lines = []
+    for row in rows:
+        for (task, name), stats in row.get("cells", {}).items():
+            values = {"sample": row["sample"], "task": task, "class_name": name, **stats}
+            lines.append([format_cell(values.get(c), CELL_DIGITS) for c in header])
+    return header, lines
+
+
 def write_summary(
     sheet: dict[str, dict],
     tsv_path: str | os.PathLike,
@@ -237,9 +291,15 @@ def write_summary(
     results_dir: str | os.PathLike = "results",
     logs_dir: str | os.PathLike = "logs",
     benchmarks_dir: str | os.PathLike = "benchmarks",
+    cells_path: str | os.PathLike | None = None,
 ) -> tuple[list[str], list[list[str]]]:
-    """Write the cohort table as TSV (and HTML when `html_path` is given); returns it."""
-    header, rows = cohort_table(sheet, results_dir, logs_dir, benchmarks_dir)
+    """Write the cohort table as TSV (and HTML when `html_path` is given, the per-class
+    cells table when `cells_path` is); returns the cohort table."""
+    slides = slide_rows(sheet, results_dir, logs_dir, benchmarks_dir)
+    header, rows = cohort_table(sheet, rows=slides)
+    if cells_path:
+        with atomic_output(cells_path) as tmp:
+            Path(tmp).write_text(render_tsv(*cells_table(slides)), encoding="utf-8")
     with atomic_output(tsv_path) as tmp:
         Path(tmp).write_text(render_tsv(header, rows), encoding="utf-8")
     if html_path:

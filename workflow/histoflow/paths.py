@@ -29,6 +29,9 @@ LAYOUT = {
     "instances_parquet": "instances/instances.parquet",
     "instances_overlay_png": "instances/overlay.png",
     "classmap_zarr": "instances/classmap.zarr",
+    "cells_parquet": "cells/cells.parquet",
+    "cells_graph_parquet": "cells/graph.parquet",
+    "cells_h5ad": "cells/cells.h5ad",
     "tiles_dir": "tiles",
     "tiles_json": "tiles/tiles.json",
     "tile_map_zarr": "tiles/map.zarr",
@@ -39,6 +42,7 @@ LAYOUT = {
 # Export formats: file name under results/<sample>/export/ ("{sample}" is the ID).
 EXPORTS = {
     "geojson": "{sample}.geojson",
+    "cells": "{sample}.cells.geojson",
     "sqlite": "{sample}.sqlite",
     "tsv": "{sample}.objects.tsv",
     "summary": "{sample}.summary.tsv",
@@ -93,6 +97,11 @@ class SamplePaths:
         name = _named(EXPORTS, "export format", fmt)
         return self.root / "export" / name.format(sample=self.sample)
 
+    def geojson(self, fmt: str = "geojson", gzip: bool = False) -> Path:
+        """A GeoJSON export (`geojson` detections or `cells`), `.gz` with `gzip`."""
+        path = self.export(fmt)
+        return path.with_name(path.name + ".gz") if gzip else path
+
     def tile_store(self, fmt: str) -> Path:
         """The per-tile store of format `fmt` (a key of TILE_STORES)."""
         name = _named(TILE_STORES, "tile store format", fmt)
@@ -120,6 +129,11 @@ class CohortPaths:
     def summary_tsv(self) -> Path:
         """The cohort table (one row per slide)."""
         return self.root / "summary.tsv"
+
+    @property
+    def cells_tsv(self) -> Path:
+        """The per-class cells table (one row per slide and class)."""
+        return self.root / "cells.tsv"
 
     @property
     def summary_html(self) -> Path:

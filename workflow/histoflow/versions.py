@@ -28,6 +28,7 @@ PACKAGES = (
     "pandas",
     "pyarrow",
     "shapely",
+    "anndata",
     "tifffile",
     "imagecodecs",
 )

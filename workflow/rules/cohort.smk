@@ -11,6 +11,7 @@ STAGE_TARGETS["cohort"] = [
     str(COHORT.summary_html),
     str(COHORT.report_html),
     *COHORT_MULTIQC,
+    str(COHORT.cells_tsv),
 ]
 
 
@@ -59,6 +60,7 @@ rule cohort_summary:
             category="Cohort",
             labels={"table": "summary"},
         ),
+        cells=str(COHORT.cells_tsv),
     log:
         str(log_path("cohort_summary", COHORT_ID)),
     benchmark:

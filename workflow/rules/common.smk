@@ -291,11 +291,11 @@ def write_summary_after_error():
     if "cohort_summary" in rules:
         from histoflow.cohort import write_summary
 
-        tsv, html = COHORT.summary_tsv, COHORT.summary_html
+        tsv, html, cells = COHORT.summary_tsv, COHORT.summary_html, COHORT.cells_tsv
         backdate_after_error(
             "cohort summary",
-            lambda: write_summary(sheet_records(), tsv, html),
-            [tsv, html],
+            lambda: write_summary(sheet_records(), tsv, html, cells_path=cells),
+            [tsv, html, cells],
         )
     if "cohort_report" in rules:
         from histoflow.report.build import write_report

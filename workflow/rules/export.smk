@@ -4,8 +4,12 @@
 
 EXPORT_FILES = {
     fmt: sample_path("export", fmt)
-    for fmt in ("geojson", "sqlite", "tsv", "summary", "zarr", "hdf5", "npz", "ometiff")
+    for fmt in ("sqlite", "tsv", "summary", "zarr", "hdf5", "npz", "ometiff")
 }
+# GeoJSON exports: .geojson.gz with export.geojson_gzip.
+EXPORT_GZIP = config["export"]["geojson_gzip"]
+for _fmt in ("geojson", "cells"):
+    EXPORT_FILES[_fmt] = sample_path("geojson", _fmt, EXPORT_GZIP)
 
 STAGE_TARGETS["export"] = [EXPORT_FILES[fmt] for fmt in config["export"]["formats"]]
 
@@ -44,8 +48,32 @@ rule export_geojson:
     threads: 1
     resources:
         mem_mb=1000,
+    params:
+        gzip=EXPORT_GZIP,
     script:
         "../../scripts/export_geojson.py"
+
+
+rule export_cells:
+    input:
+        cells=sample_path("cells_parquet"),
+        instances=EXPORT_INSTANCES,
+    output:
+        EXPORT_FILES["cells"],
+    log:
+        rule_log("export_cells"),
+    benchmark:
+        rule_benchmark("export_cells")
+    conda:
+        "../../envs/export.yaml"
+    threads: 1
+    resources:
+        mem_mb=1500,
+    params:
+        expansion_um=config["export"]["cell_expansion_um"],
+        gzip=EXPORT_GZIP,
+    script:
+        "../../scripts/export_cells.py"
 
 
 rule export_sqlite:

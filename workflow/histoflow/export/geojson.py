@@ -4,10 +4,18 @@ A FeatureCollection in level-0 pixel coordinates, which is what QuPath's
 File > Import objects reads. Each feature carries QuPath's property keys:
 `objectType` ("detection"), `classification` {name, color as [r, g, b] ints} and
 `measurements` {name: number}; `metadata` keeps the histoflow instance id and task.
+A non-finite measurement is the string "NaN", as QuPath's own writer stores it. No
+measurement is named like one QuPath computes itself (`Centroid X µm`, `Centroid Y µm`:
+QuPath 0.6 hides a stored one as a duplicate). With `gzip` the file is gzip-compressed
+(`.geojson.gz`, which QuPath reads too); the compressed bytes are the same on reruns
+(no name or time in the gzip header).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import io
 import json
 import logging
 import math
@@ -43,9 +51,44 @@ def geometry_json(geom, decimals: int = DECIMALS) -> dict:
     return {"type": "MultiPolygon", "coordinates": [rings(p) for p in geom.geoms]}
 
 
-def _number(value: float, digits: int) -> float | None:
+# QuPath's GeoJSON writer stores non-finite measurements as this string.
+NOT_A_NUMBER = "NaN"
+
+
+def measurement(value: float, digits: int) -> float | str:
+    """A measurement value: rounded, or "NaN" when not finite (as QuPath writes it)."""
     value = float(value)
-    return round(value, digits) if math.isfinite(value) else None
+    return round(value, digits) if math.isfinite(value) else NOT_A_NUMBER
+
+
+@contextlib.contextmanager
+def open_geojson(path: str | Path, compress: bool):
+    """A text stream onto `path`, gzip-compressed when `compress` (reproducible bytes:
+    no file name or time in the gzip header)."""
+    if not compress:
+        with open(path, "w", encoding="utf-8", newline="\n") as fh:
+            yield fh
+        return
+    with (
+        open(path, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz,
+        io.TextIOWrapper(gz, encoding="utf-8", newline="\n") as fh,
+    ):
+        yield fh
+
+
+def write_features(path: str | Path, features, compress: bool = False) -> int:
+    """Write a FeatureCollection of `features` (an iterable of dicts) atomically, one
+    feature a line; returns how many were written."""
+    written = 0
+    with atomic_output(path) as tmp, open_geojson(tmp, compress) as fh:
+        fh.write('{"type":"FeatureCollection","features":[')
+        for feature in features:
+            fh.write("\n" if written == 0 else ",\n")
+            fh.write(json.dumps(feature, ensure_ascii=False, separators=(",", ":")))
+            written += 1
+        fh.write("\n]}\n")
+    return written
 
 
 def _feature(table: InstanceTable, sample: str, row: dict, geom, decimals: int) -> dict:
@@ -53,11 +96,9 @@ def _feature(table: InstanceTable, sample: str, row: dict, geom, decimals: int) 
     mpp = table.slide_mpp
     task, name = row["task"], row["class_name"]
     measurements = {
-        "Area µm^2": _number(row["area_px"] * mpp * mpp, 3),
-        "Perimeter µm": _number(geom.length * mpp, 3),
-        "Probability": _number(row["probability"], 4),
-        "Centroid X µm": _number(row["centroid_x"] * mpp, 3),
-        "Centroid Y µm": _number(row["centroid_y"] * mpp, 3),
+        "Area µm^2": measurement(row["area_px"] * mpp * mpp, 3),
+        "Perimeter µm": measurement(geom.length * mpp, 3),
+        "Probability": measurement(row["probability"], 4),
     }
     return {
         "type": "Feature",
@@ -88,18 +129,16 @@ def _features(table: InstanceTable, sample: str, decimals: int) -> Iterator[dict
 
 
 def export_geojson(
-    instances_path: str | Path, out_path: str | Path, sample: str, decimals: int = DECIMALS
+    instances_path: str | Path,
+    out_path: str | Path,
+    sample: str,
+    decimals: int = DECIMALS,
+    compress: bool = False,
 ) -> int:
-    """Write the GeoJSON; returns the number of features (dropped objects are logged)."""
+    """Write the GeoJSON (gzip with `compress`); returns the number of features
+    (dropped objects are logged)."""
     table = open_instance_table(instances_path)
-    written = 0
-    with atomic_output(out_path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write('{"type":"FeatureCollection","features":[')
-        for feature in _features(table, sample, decimals):
-            fh.write("\n" if written == 0 else ",\n")
-            fh.write(json.dumps(feature, ensure_ascii=False, separators=(",", ":")))
-            written += 1
-        fh.write("\n]}\n")
+    written = write_features(out_path, _features(table, sample, decimals), compress)
     dropped = table.num_rows - written
     log.info("%s: %d features written, %d objects without area left out", sample, written, dropped)
     return written

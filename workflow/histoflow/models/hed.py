@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from histoflow import stains
+
 # Ruifrok & Johnston (2001) stain vectors, rows = H, E, DAB optical densities (RGB).
-RGB_FROM_HED = torch.tensor(
-    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64
-)
+RGB_FROM_HED = torch.tensor(stains.RGB_FROM_HED, dtype=torch.float64)
 # skimage's rgb2hed divides log intensities by log(1e-6); keep its scale so thresholds
 # are comparable with rgb2hed output.
 LOG_ADJUST = -math.log(1e-6)

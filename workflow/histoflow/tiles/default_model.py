@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from histoflow import stains
+
 FEATURE_NAMES = (
     "hematoxylin_od_mean",
     "hematoxylin_od_std",
@@ -35,9 +37,7 @@ CLASS_NAMES = ("background", "eosin_rich", "hematoxylin_rich")
 
 # Ruifrok & Johnston (2001) H&E(-DAB) stain vectors, rows = stains, as in
 # skimage.color.rgb2hed; optical densities are unmixed with the inverse.
-RGB_FROM_HED = torch.tensor(
-    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64
-)
+RGB_FROM_HED = torch.tensor(stains.RGB_FROM_HED, dtype=torch.float64)
 HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED).to(torch.float32)
 LUMA = (0.299, 0.587, 0.114)
 # Thresholds in optical-density units (natural log), chosen on H&E: glass has a total
