@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 from histoflow.errors import ConfigError, SlideError
-from histoflow.stain.macenko import fit_macenko
-from histoflow.stain.transfer import (
+from histoflow.stain_norm.macenko import fit_macenko
+from histoflow.stain_norm.transfer import (
     StainTransfer,
     plan_transfer,
     transfer_matrix,

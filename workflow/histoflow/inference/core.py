@@ -262,7 +262,7 @@ class Normaliser:
     (`torch.channels_last` or `torch.contiguous_format`) is the buffer's memory layout;
     `contiguous=False` keeps the channels-last view of the batch (the layout tile models
     have always received). The same arithmetic in either layout, so the values are the
-    same. `stain` (histoflow.stain.transfer.StainTransfer) restains the batch first.
+    same. `stain` (histoflow.stain_norm.transfer.StainTransfer) restains the batch first.
     """
 
     def __init__(

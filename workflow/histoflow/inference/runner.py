@@ -23,7 +23,7 @@ from histoflow.manifest.fingerprint import identity
 from histoflow.models.card import ModelCard
 from histoflow.models.loader import outputs_by_head
 from histoflow.slide import Slide, open_slide
-from histoflow.stain.transfer import StainTransfer, plan_transfer
+from histoflow.stain_norm.transfer import StainTransfer, plan_transfer
 from histoflow.versions import package_versions
 
 log = logging.getLogger(__name__)

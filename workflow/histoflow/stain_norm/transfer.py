@@ -15,7 +15,7 @@ from PIL import Image
 
 from histoflow.errors import ConfigError, SlideError
 from histoflow.hashing import sha256_file
-from histoflow.stain.macenko import StainFit, fit_macenko
+from histoflow.stain_norm.macenko import StainFit, fit_macenko
 
 
 def transfer_matrix(source: StainFit, target: StainFit) -> np.ndarray:
