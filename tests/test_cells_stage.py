@@ -88,7 +88,19 @@ def test_batched_blocked_parallel_equals_whole(tmp_path, slide_mpp):
     )
     assert stats.batches > 5 and stats.blocks > 50
     a, b = pq.read_table(whole).to_pandas(), pq.read_table(tiled).to_pandas()
-    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    if slide_mpp in (0.5, 0.25):  # the model's pixels are a level's own: copied, exact
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    else:
+        # Resampled: a block and the whole slide are interpolated at the same places,
+        # but a pixel may round to the next grey level (tests/test_one_read.py), so the
+        # stain columns agree to a few 1e-4 OD; shapes and ids come from the table alone.
+        od = [c for c in a.columns if "_od_" in c]
+        rgb = ["red_mean", "green_mean", "blue_mean"]
+        pd.testing.assert_frame_equal(
+            a.drop(columns=od + rgb), b.drop(columns=od + rgb), check_exact=True
+        )
+        assert len(od) == 8 and (a[od] - b[od]).abs().max().max() < 5e-3
+        assert (a[rgb] - b[rgb]).abs().max().max() < 0.5  # grey levels
     assert read_graph(whole_graph)[0].equals(read_graph(tiled_graph)[0])
 
 
