@@ -107,18 +107,16 @@ def plan_runs(regions: np.ndarray, max_width: int = RUN_MAX_WIDTH) -> np.ndarray
     """
     regions = np.asarray(regions, np.int64)
     runs = regions.copy()
-    start = 0
-    for i in range(1, len(regions) + 1):
-        if i < len(regions):
-            s, x, y, w, h = regions[i]
-            s0, x0, y0, _, h0 = regions[start]
-            end = max(regions[start:i, 1] + regions[start:i, 3])
-            if s == s0 and y == y0 and h == h0 and x <= end and x + w - x0 <= max_width:
-                continue
-        x0 = regions[start, 1]
-        runs[start:i, 1] = x0
-        runs[start:i, 3] = max(regions[start:i, 1] + regions[start:i, 3]) - x0
-        start = i
+    start, end = 0, 0  # the open run: its first region and its right edge
+    for i, (s, x, y, w, h) in enumerate(regions.tolist()):
+        s0, x0, y0, _, h0 = regions[start]
+        if i and s == s0 and y == y0 and h == h0 and x <= end and x + w - x0 <= max_width:
+            end = max(end, x + w)
+            continue
+        runs[start:i, 1], runs[start:i, 3] = x0, end - x0
+        start, end = i, x + w
+    if len(regions):
+        runs[start:, 1], runs[start:, 3] = regions[start, 1], end - regions[start, 1]
     return runs
 
 
