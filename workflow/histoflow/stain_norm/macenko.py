@@ -62,9 +62,3 @@ def fit_macenko(
     vectors = ends if ends[0, 0] >= ends[1, 0] else ends[::-1]
     conc, *_ = np.linalg.lstsq(vectors.T, od.T, rcond=None)
     return StainFit(vectors=vectors, max_concentration=np.percentile(conc, 99, axis=1))
-
-
-def concentrations(rgb: np.ndarray, fit: StainFit) -> np.ndarray:
-    """(..., 2) stain concentrations of `rgb` under `fit` (least squares in OD)."""
-    od = optical_density(rgb)
-    return od @ np.linalg.pinv(fit.vectors)
