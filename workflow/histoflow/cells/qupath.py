@@ -28,8 +28,14 @@ import numpy as np
 import shapely
 
 from histoflow.cells.measure import MEASUREMENT_COLUMNS
-from histoflow.export.geojson import DECIMALS, geometry_json, measurement, write_features
-from histoflow.export.instances import class_color, object_uuid, polygonal_array
+from histoflow.export.geojson import (
+    DECIMALS,
+    geometry_json,
+    measurement,
+    qupath_properties,
+    write_features,
+)
+from histoflow.export.instances import object_uuid, polygonal_array
 from histoflow.io.cell_table import DEGREE, NEIGHBOURS_TOTAL, open_cell_table
 from histoflow.io.instance_table import open_instance_table
 from histoflow.io.rows import read_rows
@@ -132,21 +138,12 @@ def _feature(sample, table, row: dict, cell, nucleus, names, decimals) -> dict:
     measurements["Cell: Area µm^2"] = measurement(cell_area, 3)
     ratio = row["area_um2"] / cell_area if cell_area > 0 else math.nan
     measurements["Nucleus/Cell area ratio"] = measurement(ratio, 4)
-    task, name = row["task"], row["class_name"]
     return {
         "type": "Feature",
         "id": object_uuid(sample, row["id"]),
         "geometry": geometry_json(cell, decimals),
         "nucleusGeometry": geometry_json(nucleus, decimals),
-        "properties": {
-            "objectType": "cell",
-            "classification": {
-                "name": name,
-                "color": list(class_color(table, task, name, int(row["class_id"]))),
-            },
-            "measurements": measurements,
-            "metadata": {"histoflow_id": row["id"], "task": task},
-        },
+        "properties": qupath_properties("cell", table, row, measurements),
     }
 
 

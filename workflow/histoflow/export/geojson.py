@@ -94,7 +94,6 @@ def write_features(path: str | Path, features, compress: bool = False) -> int:
 def _feature(table: InstanceTable, sample: str, row: dict, geom, decimals: int) -> dict:
     """One QuPath detection; `row` holds one value per column."""
     mpp = table.slide_mpp
-    task, name = row["task"], row["class_name"]
     measurements = {
         "Area µm^2": measurement(row["area_px"] * mpp * mpp, 3),
         "Perimeter µm": measurement(geom.length * mpp, 3),
@@ -104,15 +103,22 @@ def _feature(table: InstanceTable, sample: str, row: dict, geom, decimals: int) 
         "type": "Feature",
         "id": object_uuid(sample, row["id"]),
         "geometry": geometry_json(geom, decimals),
-        "properties": {
-            "objectType": "detection",
-            "classification": {
-                "name": name,
-                "color": list(class_color(table, task, name, int(row["class_id"]))),
-            },
-            "measurements": measurements,
-            "metadata": {"histoflow_id": row["id"], "task": task},
+        "properties": qupath_properties("detection", table, row, measurements),
+    }
+
+
+def qupath_properties(object_type: str, table, row: dict, measurements: dict) -> dict:
+    """A QuPath object's `properties`: its type, class (name and colour), measurements
+    and histoflow's id and task."""
+    task, name = row["task"], row["class_name"]
+    return {
+        "objectType": object_type,
+        "classification": {
+            "name": name,
+            "color": list(class_color(table, task, name, int(row["class_id"]))),
         },
+        "measurements": measurements,
+        "metadata": {"histoflow_id": row["id"], "task": task},
     }
 
 
