@@ -20,6 +20,10 @@ include: "workflow/rules/cohort.smk"
 include: "workflow/rules/tiles.smk"
 
 
+if workflow.output_settings.dryrun:
+    log_expected_bytes()
+
+
 localrules:
     all,
 

@@ -269,6 +269,46 @@ def card_has_semantic_task():
     )
 
 
+# ---- the dry run's expected bytes ----
+
+DENSE_STAGES = ("infer", "merge", "instances", "cells", "export")
+
+
+def log_expected_bytes():
+    # `snakemake -n` lists the uncompressed size of every slide's raw.zarr and
+    # maps.zarr (histoflow.inference.expected), from its mask once mask_tissue has run.
+    if not any(stage in config["stages"] for stage in DENSE_STAGES):
+        return
+    from histoflow.errors import HistoflowError
+    from histoflow.inference.expected import expected_bytes, format_table
+    from histoflow.models.card import load_card
+
+    try:
+        card = load_card(config["model"]["card"], config["model"].get("weights"))
+    except HistoflowError as exc:
+        logger.warning(f"expected bytes: not estimated, {exc}")
+        return
+    if card.card["kind"] != "dense":
+        return
+    rows, errors = [], {}
+    for sample in SAMPLES.index:
+        record = sheet_record(sample)
+        try:
+            rows.append(
+                expected_bytes(
+                    str(sample),
+                    record["path"],
+                    card,
+                    config["inference"],
+                    config["merge"]["encoding"],
+                    mpp=record["mpp"],
+                )
+            )
+        except (HistoflowError, OSError) as exc:
+            errors[str(sample)] = str(exc)
+    logger.info(format_table(rows, errors, "results"))
+
+
 # ---- provenance and the cohort table ----
 
 

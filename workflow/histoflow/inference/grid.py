@@ -153,3 +153,23 @@ def make_grid(
     oh, ow = patch_output
     margin = ((patch_input[0] - oh) // 2, (patch_input[1] - ow) // 2)
     return PatchGrid(boxes=boxes, grid=cells, grid_shape=grid_shape, stride=stride, margin=margin)
+
+
+def max_overlap(patch_output: tuple[int, int], stride: tuple[int, int]) -> int:
+    """The most patches of a grid with this stride that cover one output pixel."""
+    (oh, ow), (sy, sx) = patch_output, stride
+    return -(-oh // sy) * -(-ow // sx)
+
+
+def covered_pixels(boxes: np.ndarray, shape: tuple[int, int]) -> int:
+    """Pixels of the slide (H, W) that at least one output box covers.
+
+    Exact for boxes that do not overlap (the default stride, the output patch); with
+    overlapping boxes the sum of their clipped areas, an upper bound.
+    """
+    if not len(boxes):
+        return 0
+    height, width = shape
+    clipped = np.clip(boxes, 0, [width, height, width, height])
+    area = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+    return int(min(area.sum(), height * width))

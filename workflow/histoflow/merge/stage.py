@@ -8,6 +8,7 @@ from pathlib import Path
 
 import zarr
 
+from histoflow.inference.grid import covered_pixels
 from histoflow.io.atomic import atomic_output
 from histoflow.io.maps_zarr import MapsZarrWriter, blosc_threads, bytes_per_pixel, store_encodings
 from histoflow.io.raw_zarr import BatchReader, RawZarr, open_raw
@@ -92,9 +93,7 @@ def maps_encodings(raw, encoding: str) -> dict[str, dict]:
 def maps_nbytes(raw, encoding: str = "compact") -> int:
     """Uncompressed bytes of the covered part of maps.zarr in its stored types, over at
     most the patches' area (chunks outside every patch are not stored)."""
-    height, width = raw.shape
-    ph, pw = raw.patch_shape
-    covered = min(height * width, len(raw) * ph * pw)
+    covered = covered_pixels(raw.boxes, raw.shape)
     return covered * bytes_per_pixel(maps_encodings(raw, encoding), raw.channels)
 
 

@@ -9,13 +9,13 @@ Peak memory is two bands plus one output chunk band, whatever the slide height.
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm import tqdm
 
+from histoflow.inference.grid import max_overlap as grid_max_overlap
 from histoflow.io.maps_zarr import COVERAGE, MapsZarrWriter
 from histoflow.io.raw_zarr import BatchReader, PatchRow, RawZarr, RawZarrError
 from histoflow.merge.canvas import Canvas, MemoryStorage, Region, ZarrStorage, canvas_nbytes
@@ -62,7 +62,7 @@ def max_overlap(raw: RawZarr) -> int:
     sy, sx = (int(v) for v in stride)
     if sy <= 0 or sx <= 0:
         raise RawZarrError(f"file '{raw.path}': attribute 'stride' must be positive")
-    return math.ceil(h / sy) * math.ceil(w / sx)
+    return grid_max_overlap((h, w), (sy, sx))
 
 
 def check_coverage_fits(raw: RawZarr) -> None:
