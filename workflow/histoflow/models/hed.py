@@ -6,6 +6,10 @@ the haematoxylin density and maps it through a logistic curve to a nucleus
 probability. A second, more strongly smoothed haematoxylin map (`energy`) peaks at
 nucleus centres, which gives the watershed markers that split touching nuclei.
 It needs no weights file and runs on any device.
+
+`HedHoverNet` gives HoVer-Net fast's three heads (np, hv, tp) from the same colour
+deconvolution, for benchmarks of the stages around the network at HoVer-Net's output
+sizes (an entry point: `histoflow.models.hed:HedHoverNet`; benchmarks/bench_fullsize.py).
 """
 
 from __future__ import annotations
@@ -33,6 +37,15 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
     return (k / k.sum()).float()
 
 
+def smooth(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Each channel of (B, C, H, W) convolved with the separable kernel `k` (edges
+    replicated), same size out."""
+    r, c = k.numel() // 2, x.shape[1]
+    x = F.pad(x, (r, r, r, r), mode="replicate")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
 class HedNuclei(nn.Module):
     """(B, 3, H, W) RGB in 0-1 -> {nucleus: (B,1,h,w) logits, energy: (B,1,h,w)}.
 
@@ -58,24 +71,80 @@ class HedNuclei(nn.Module):
         self.softness = softness
         self.crop = crop
 
-    @staticmethod
-    def _smooth(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        r = k.numel() // 2
-        x = F.pad(x, (r, r, r, r), mode="replicate")
-        x = F.conv2d(x, k.view(1, 1, 1, -1))
-        return F.conv2d(x, k.view(1, 1, -1, 1))
-
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Nucleus logits and the energy map of the centre of each patch."""
         od = -torch.log(x.clamp_min(1e-6)) / LOG_ADJUST
         hema = (od * self.h_vector).sum(dim=1, keepdim=True)
-        prob_logit = (self._smooth(hema, self.k_prob) - self.threshold) / self.softness
-        energy = self._smooth(hema, self.k_energy) / self.softness
+        prob_logit = (smooth(hema, self.k_prob) - self.threshold) / self.softness
+        energy = smooth(hema, self.k_energy) / self.softness
         c = self.crop
         if c:
             prob_logit = prob_logit[..., c:-c, c:-c]
             energy = energy[..., c:-c, c:-c]
         return {"nucleus": prob_logit, "energy": energy}
+
+
+class HedHoverNet(nn.Module):
+    """HoVer-Net's heads from colour deconvolution: (B, 3, H, W) RGB in 0-1 ->
+    {np: (B, 2, h, w) logits, hv: (B, 2, h, w) in [-1, 1], tp: (B, types, h, w) logits}.
+
+    Not trained: a stand-in with HoVer-Net fast's inputs and outputs (256 -> 164 px at
+    0.25 um/px) and maps the published post-processing can split, at a small fraction of
+    its cost, for benchmarks of the stages around the network. np is a logistic curve
+    of the smoothed haematoxylin density (as HedNuclei); hv is minus the gradient of the
+    log of a more strongly smoothed density, which points away from each nucleus'
+    centre and flips sign across the saddle between touching nuclei, as HoVer-Net's hv
+    does; tp scores each type by the distance of the smoothed (haematoxylin, eosin)
+    densities to a fixed prototype, type 0 (background) by -np.
+    """
+
+    def __init__(
+        self,
+        num_types: int = 6,
+        sigma_prob: float = 2.0,
+        sigma_centre: float = 6.0,
+        radius_px: float = 6.0,
+        threshold: float = 0.08,
+        softness: float = 0.01,
+        crop: int = 46,
+    ):
+        super().__init__()
+        rgb_from_hed = RGB_FROM_HED / RGB_FROM_HED.norm(dim=1, keepdim=True)
+        hed_from_rgb = torch.linalg.inv(rgb_from_hed)
+        self.register_buffer("he_vectors", hed_from_rgb[:, :2].T.float().view(2, 3, 1, 1))
+        self.register_buffer("k_prob", gaussian_kernel(sigma_prob))
+        self.register_buffer("k_centre", gaussian_kernel(sigma_centre))
+        # Prototype (haematoxylin, eosin) densities of types 1.., spread over the range
+        # H&E nuclei span, so that every type occurs on a real slide.
+        h = torch.linspace(threshold, 4 * threshold, max(num_types - 1, 1))
+        e = torch.linspace(2 * threshold, 0.0, max(num_types - 1, 1))
+        self.register_buffer("prototypes", torch.stack([h, e], dim=1).view(-1, 2, 1, 1))
+        # For a bump of width sigma, -d(log S)/dx is about (x - cx) / sigma^2: this
+        # gain makes hv about +-1 at `radius_px` from the centre.
+        self.hv_gain = sigma_centre**2 / radius_px
+        self.threshold, self.softness, self.crop = threshold, softness, crop
+        self.num_types = num_types
+
+    def _hv(self, hema: torch.Tensor) -> torch.Tensor:
+        log_s = torch.log(smooth(hema, self.k_centre).clamp_min(self.threshold / 2))
+        padded = F.pad(log_s, (1, 1, 1, 1), mode="replicate")
+        dx = (padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2]) / 2
+        dy = (padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1]) / 2
+        return torch.tanh(-self.hv_gain * torch.cat([dx, dy], dim=1))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The three heads of the centre of each patch."""
+        od = -torch.log(x.clamp_min(1e-6)) / LOG_ADJUST
+        he = F.conv2d(od, self.he_vectors)
+        dens = smooth(he, self.k_prob)
+        fg = (dens[:, :1] - self.threshold) / self.softness
+        np_logits = torch.cat([-fg / 2, fg / 2], dim=1)
+        hv = self._hv(he[:, :1])
+        dist = ((dens.unsqueeze(1) - self.prototypes) ** 2).sum(dim=2)
+        tp = torch.cat([-fg, fg - dist / (self.threshold * self.softness)], dim=1)
+        c = self.crop
+        out = {"np": np_logits, "hv": hv, "tp": tp[:, : self.num_types]}
+        return {k: v[..., c:-c, c:-c] if c else v for k, v in out.items()}
 
 
 BUILTINS = {"hed_nuclei": HedNuclei}
