@@ -1,14 +1,17 @@
 """`merge/maps.zarr` (workflow/CONTRACTS.md): its one writer and its one reader.
 
 One (H, W, C) array per head and an (H, W) `coverage` count, chunked in bands of whole
-rows. With `merge.encoding: compact` (the default) a thresholded probability head
-(sigmoid, or softmax over two classes) is stored as uint8 with `scale_factor` 1/255
-(CF convention: value = stored x scale_factor; error at most 1/510, and p >= 0.5
-exactly where the stored value is >= 128); any other head (hv maps, a class softmax
-over three or more classes, whose argmax 1/255 steps could flip) as float16; coverage
-as uint8 when no pixel can be covered more than 255 times. `float32` keeps float32
-heads and a uint16 coverage. The group attribute `encodings` and each array's
-`scale_factor` say how to decode; the reader decodes.
+rows. With `merge.encoding: compact` (the default) a probability head is stored as
+uint8 with `scale_factor` 1/255 (CF convention: value = stored x scale_factor): a
+thresholded one (sigmoid, or softmax over two classes) rounded to the nearest step
+(error at most 1/510, and p >= 0.5 exactly where the stored value is >= 128); a class
+softmax over three or more classes (encoding key `argmax`) likewise, except that where
+rounding ties the winning class with an earlier one, the winner is raised one step (or,
+at 255, the tied others lowered one), so the per-pixel argmax is exactly the float
+one's (that value within 1.5/255, every other within 1/510). Any other head (hv maps,
+energies) is float16; coverage uint8 when no pixel can be covered more than 255 times.
+`float32` keeps float32 heads and a uint16 coverage. The group attribute `encodings`
+and each array's `scale_factor` say how to decode; the reader decodes.
 `MapsZarrWriter` writes one complete chunk at a time (no partial-chunk
 read-modify-write), optionally from a background thread; `open_maps` checks the
 required attributes and members and reads nothing else until asked;
@@ -79,13 +82,17 @@ def head_encoding(head: dict, encoding: str) -> dict:
         raise ValueError(f"unknown encoding '{encoding}' (one of {', '.join(ENCODINGS)})")
     if encoding == "float32":
         return {"dtype": "float32"}
-    # uint8 for probabilities that are thresholded (sigmoid, two-class softmax); the
-    # argmax of three or more near-equal classes could flip at 1/255 steps: float16.
-    channels = int(head.get("channels", 1))
-    if head.get("activation") == "sigmoid" or (
-        head.get("activation") == "softmax" and channels <= 2
-    ):
+    # uint8 for probabilities: thresholded ones (sigmoid, two-class softmax) rounded to
+    # the nearest 1/255 step; a class softmax over three or more classes too, but with
+    # `argmax` set, `encode` breaks the ties of near-equal classes that rounding makes,
+    # so that the stored argmax is the float one. Unbounded heads (hv, energy): float16.
+    activation = head.get("activation")
+    if activation == "sigmoid":
         return {"dtype": "uint8", "scale_factor": UINT8_SCALE}
+    if activation == "softmax":
+        if int(head.get("channels", 1)) <= 2:
+            return {"dtype": "uint8", "scale_factor": UINT8_SCALE}
+        return {"dtype": "uint8", "scale_factor": UINT8_SCALE, "argmax": True}
     return {"dtype": "float16"}
 
 
@@ -107,11 +114,40 @@ def bytes_per_pixel(encodings: dict[str, dict], channels: dict[str, int]) -> int
     return size + sum(np.dtype(encodings[n]["dtype"]).itemsize * c for n, c in channels.items())
 
 
+def keep_argmax(stored: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """`stored` (uint8 steps of `values`, rounded to the nearest) with its argmax over
+    the last axis made equal to that of `values` (in place where `stored` is contiguous).
+
+    Rounding is monotone, so the two differ only where the winner of `values` ties in
+    `stored` with an earlier class (numpy's argmax takes the first maximum). There the
+    winner is raised one step, or, already at 255, the classes tied with it lowered one.
+    """
+    c = stored.shape[-1]
+    flat = stored.reshape(-1, c)
+    want = np.asarray(values).reshape(-1, c).argmax(axis=1)
+    bad = np.flatnonzero(flat.argmax(axis=1) != want)
+    if bad.size == 0:
+        return stored
+    rows, win, i = flat[bad], want[bad], np.arange(bad.size)
+    top = rows[i, win]
+    full = top == 255
+    rows[i[~full], win[~full]] += 1
+    tied = full[:, None] & (rows == top[:, None])
+    tied[i, win] = False
+    rows[tied] -= 1
+    flat[bad] = rows
+    return flat.reshape(stored.shape)
+
+
 def encode(values: np.ndarray, enc: dict, name: str) -> np.ndarray:
-    """Float values of head `name` in their stored type (rounded to the nearest step)."""
+    """Float values of head `name` in their stored type (rounded to the nearest step;
+    with `argmax`, ties of the winning class broken as `keep_argmax` says)."""
     dtype = np.dtype(enc["dtype"])
     if dtype == np.uint8 and "scale_factor" in enc:
-        return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+        stored = np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+        if enc.get("argmax") and stored.ndim > 0 and stored.size > 0:
+            return keep_argmax(stored, values)
+        return stored
     if dtype == np.float16 and np.abs(values).max(initial=0.0) > FLOAT16_MAX:
         raise MapsZarrError(
             f"head '{name}': values beyond float16's range ({FLOAT16_MAX:g}); set config "
