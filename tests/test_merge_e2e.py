@@ -62,14 +62,22 @@ def test_slide_to_maps_with_overlap_and_forced_spilling(tmp_path):
     expect, count = naive_merge(raw)
     cov = maps["coverage"][...]
     # merge.encoding compact: counts up to 4 fit uint8; probabilities uint8, others float16
-    assert cov.dtype == np.uint8 and maps["coverage"].chunks == (100, width)
+    cols = min(width, 1024)  # chunks: band_rows x up to 1024 columns
+    assert cov.dtype == np.uint8 and maps["coverage"].chunks == (100, cols)
     np.testing.assert_array_equal(cov, count)
+    # A chunk is stored only where a patch landed.
+    touched = [
+        cov[y : y + 100, x : x + cols].any()
+        for y in range(0, height, 100)
+        for x in range(0, width, cols)
+    ]
+    assert maps["coverage"].nchunks_initialized == sum(touched) < len(touched)
     assert cov.max() == 4  # 2x2 overlap of 256 px patches at stride 192
     assert (cov == 0).any()  # masked-out background: "no patch here"
     reader = open_maps(tmp_path / "results" / "cmu" / "merge" / "maps.zarr")
     for name, ref in expect.items():
         enc = maps.attrs["encodings"][name]
-        assert maps[name].dtype == enc["dtype"] and maps[name].chunks == (100, width, ref.shape[2])
+        assert maps[name].dtype == enc["dtype"] and maps[name].chunks == (100, cols, ref.shape[2])
         merged = reader.read_rows([name], 0, height)[name]
         if enc["dtype"] == "uint8":  # half a 1/255 step
             np.testing.assert_allclose(merged, ref, rtol=0, atol=1 / 510 + 1e-6, err_msg=name)

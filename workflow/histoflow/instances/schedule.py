@@ -1,9 +1,10 @@
 """Which tiles, in what order, on which workers.
 
-The main process reads one strip of tile windows (a band of rows, full width) at a
-time from maps.zarr and hands its tiles to the workers, so memory grows with slide
-width and tile height, not slide area. Results come back in tile order, so the output
-does not depend on the worker count.
+The main process reads each tile's window from maps.zarr (only the chunks it overlaps,
+maps.zarr's chunks being at most CHUNK_COLUMNS wide) and hands it to the workers, with
+at most two windows per worker in flight, so memory follows the tile size, not the
+slide's height or width. Results come back in tile order, so the output does not
+depend on the worker count.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import sys
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -96,25 +98,23 @@ def run_tiles(
     tasks: list[Task],
     executor: Executor | None,
 ) -> Iterator[TileResult]:
-    """Results in tile order, one strip of windows read at a time."""
+    """Results in tile order, each tile's window read just before it is handed out."""
     names = read_names(tasks)
-    for strip in strips(tiles):
-        data = maps.read_rows(names, strip[0].window[0], strip[0].window[1])
-        jobs = [(t, {k: v[:, t.window[2] : t.window[3]] for k, v in data.items()}) for t in strip]
-        del data
-        if executor is None:
-            for t, arrays in jobs:
-                yield process_tile(t, arrays, tasks, maps.shape, maps.scale)
-            continue
-        # One strip in memory at a time: the next strip is read once this one is done.
-        futures: list[Future] = [
-            executor.submit(process_tile, t, arrays, tasks, maps.shape, maps.scale)
-            for t, arrays in jobs
-        ]
-        del jobs
-        for f in futures:
-            yield f.result()
-        del futures
+    ordered = [t for strip in strips(tiles) for t in strip]
+    if executor is None:
+        for t in ordered:
+            yield process_tile(t, maps.read_window(names, t.window), tasks, maps.shape, maps.scale)
+        return
+    ahead = 2 * max(1, getattr(executor, "_max_workers", 1))
+    pending: deque[Future] = deque()
+    for t in ordered:
+        arrays = maps.read_window(names, t.window)
+        pending.append(executor.submit(process_tile, t, arrays, tasks, maps.shape, maps.scale))
+        del arrays
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def progress(total: int):

@@ -43,6 +43,9 @@ COMPRESSIONS = ("blosc-lz4", "zstd", "none")
 ENCODINGS = ("compact", "float32")
 UINT8_SCALE = 1 / 255
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+# Columns of a maps.zarr chunk: a tile window (instances) decodes only the chunks it
+# overlaps, not whole rows of the slide.
+CHUNK_COLUMNS = 1024
 REQUIRED_ATTRS = ("shape", "scale", "mpp", "slide_mpp", "model", "heads")
 
 
@@ -167,9 +170,15 @@ def decode(values: np.ndarray, enc: dict | None) -> np.ndarray:
     return values
 
 
+def chunk_columns(width: int) -> int:
+    """Columns of a chunk: CHUNK_COLUMNS, or the whole width of a narrower map."""
+    return min(int(width), CHUNK_COLUMNS)
+
+
 def _create_arrays(group, shape, channels, band_rows, codecs, encodings) -> dict:
     height, width = shape
-    # Chunks without any patch are never written (see `segments`), so zarr's own
+    cols = chunk_columns(width)
+    # Chunks without any patch are never written (see `_write`), so zarr's own
     # all-fill-value scan of every chunk (slower than compressing it) is skipped.
     common = {"compressors": codecs, "config": {"write_empty_chunks": True}}
     arrays = {}
@@ -178,7 +187,7 @@ def _create_arrays(group, shape, channels, band_rows, codecs, encodings) -> dict
         arrays[name] = group.create_array(
             name,
             shape=(height, width, c),
-            chunks=(band_rows, width, c),
+            chunks=(band_rows, cols, c),
             dtype=enc["dtype"],
             fill_value=0,
             dimension_names=["y", "x", "c"],
@@ -188,7 +197,7 @@ def _create_arrays(group, shape, channels, band_rows, codecs, encodings) -> dict
     arrays[COVERAGE] = group.create_array(
         COVERAGE,
         shape=(height, width),
-        chunks=(band_rows, width),
+        chunks=(band_rows, cols),
         dtype=encodings[COVERAGE]["dtype"],
         fill_value=0,
         dimension_names=["y", "x"],
@@ -274,7 +283,6 @@ class MapsZarrWriter:
         y0 = self.chunk * self.band_rows
         n = min(self.band_rows, self.shape[0] - y0)
         self._dirty = False
-        self.chunks_written += 1
         if self._pool is None:
             self._write(buffers, y0, n)
             return
@@ -286,8 +294,16 @@ class MapsZarrWriter:
             buf.fill(0)
 
     def _write(self, buffers: dict[str, np.ndarray], y0: int, n: int) -> None:
-        for name, arr in self.arrays.items():
-            arr[y0 : y0 + n] = encode(buffers[name][:n], self.encodings[name], name)
+        # Only the column chunks a patch covered: glass beside the tissue stays unwritten.
+        cols = chunk_columns(self.shape[1])
+        covered = buffers[COVERAGE][:n].any(axis=0)
+        for x0 in range(0, self.shape[1], cols):
+            if not covered[x0 : x0 + cols].any():
+                continue
+            for name, arr in self.arrays.items():
+                block = buffers[name][:n, x0 : x0 + cols]
+                arr[y0 : y0 + n, x0 : x0 + cols] = encode(block, self.encodings[name], name)
+            self.chunks_written += 1
         if self._pool is None:
             for buf in buffers.values():
                 buf.fill(0)
@@ -380,6 +396,14 @@ class MapsZarr:
     def read_rows(self, names: list[str], y0: int, y1: int) -> dict[str, np.ndarray]:
         """Rows [y0, y1) of the named arrays, loaded and decoded."""
         return {name: self.decode(name, self.array(name)[y0:y1]) for name in names}
+
+    def read_window(
+        self, names: list[str], window: tuple[int, int, int, int]
+    ) -> dict[str, np.ndarray]:
+        """The window (y0, y1, x0, x1) of the named arrays, decoded; only the chunks it
+        overlaps are read."""
+        y0, y1, x0, x1 = window
+        return {name: self.decode(name, self.array(name)[y0:y1, x0:x1]) for name in names}
 
     def bands(
         self, name: str, rows: int | None = None, stored: bool = False
