@@ -2,12 +2,13 @@
 
 Runs `histoflow.inference.runner.run` on the demo slide (every grid cell, no mask) with
 a HoVer-Net-shaped model (HoVer-Net fast PanNuke's card with HedHoverNet as the
-network, 0.25 µm/px, 256 -> 164 px; `--card` for another) `--reps` times in one process
-per heap setting, one loader worker, 2 torch threads, and prints per repetition: wall,
-user and system CPU seconds, minor page faults and the process's peak RSS, so growth of
-the heap over repetitions shows. Settings (mmap threshold / trim threshold, MiB): the
-shipped `bound_heap` (64 / 256), the earlier fixed 1 MiB threshold, and glibc's dynamic
-default.
+network, 0.25 µm/px, 256 -> 164 px; `--tinyfcn`: bench_vs_tiatoolbox's TinyFCN,
+0.5 µm/px, 256 -> 256 px, whose batch activations are 64 MiB; `--card` for another)
+`--reps` times in one process per heap setting, one loader worker, 2 torch threads,
+and prints per repetition: wall, user and system CPU seconds, minor page faults and the
+process's peak RSS, so growth of the heap over repetitions shows. Settings (mmap
+threshold / trim threshold, MiB): the shipped `bound_heap`, a larger one, the earlier
+fixed 1 MiB threshold, and glibc's dynamic default.
 
     .venv/bin/python benchmarks/bench_heap.py [--reps 4]
 """
@@ -28,10 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-SETTINGS = {
-    "shipped 64 / 256 MiB": (64, 256),
-    "fixed 1 MiB (before)": (1, None),
-    "glibc dynamic": (None, None),
+SETTINGS = {  # key: (name, mmap MiB, trim MiB)
+    "shipped": ("shipped 64 / 256 MiB", 64, 256),
+    "larger": ("256 / 512 MiB", 256, 512),
+    "before": ("fixed 1 MiB (before)", 1, None),
+    "dynamic": ("glibc dynamic", None, None),
 }
 
 
@@ -77,7 +79,9 @@ def child(args) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--reps", type=int, default=4)
+    p.add_argument("--settings", default=",".join(SETTINGS), help="of " + ", ".join(SETTINGS))
     p.add_argument("--card", help="model card (default: the HoVer-Net-shaped one)")
+    p.add_argument("--tinyfcn", action="store_true", help="the TinyFCN of bench_vs_tiatoolbox")
     p.add_argument("--slide", type=Path, default=REPO / "data" / "cmu_small_region.svs")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mmap", type=int, help=argparse.SUPPRESS)
@@ -85,15 +89,20 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         return child(args)
-    if not args.card:
+    out = REPO / "benchmarks" / "out" / "heap"
+    out.mkdir(parents=True, exist_ok=True)
+    if args.tinyfcn:
+        from bench_vs_tiatoolbox import write_card
+
+        args.card = str(write_card(out, 256))
+    elif not args.card:
         from bench_fullsize import hovernet_shaped_card
 
-        out = REPO / "benchmarks" / "out" / "heap"
-        out.mkdir(parents=True, exist_ok=True)
         args.card = str(hovernet_shaped_card(out))
     print("| heap setting (mmap / trim) | rep | patches | wall s | user s | sys s | sys / user "
           "| minor faults | peak RSS MB |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
-    for name, (mmap, trim) in SETTINGS.items():
+    for key in args.settings.split(","):
+        name, mmap, trim = SETTINGS[key]
         cmd = [sys.executable, __file__, "--child", "--card", args.card, "--slide", str(args.slide)]
         cmd += ["--reps", str(args.reps)]
         cmd += ["--mmap", str(mmap)] if mmap is not None else []

@@ -173,7 +173,7 @@ def test_writer_rejects_head_named_coverage(tmp_path):
 
 def test_options_from_config_names_bad_fields():
     opts = MergeOptions.from_config({"memory_percent": 30, "memory_cap_mb": None})
-    assert opts.memory_percent == 30 and opts.compression == "blosc-lz4"
+    assert opts.memory_percent == 30 and opts.compression == "blosc-zstd"
     with pytest.raises(ConfigError, match=r"merge\.bogus"):
         MergeOptions.from_config({"bogus": 1})
     with pytest.raises(ConfigError, match=r"merge\.compression"):
