@@ -236,3 +236,29 @@ def test_open_maps_names_the_file_and_the_member(tmp_path):
     zarr.open_group(path, mode="r+").attrs["heads"] = [{"name": "a", "channels": 2}]
     with pytest.raises(MapsZarrError, match=r"array 'a' has shape \(10, 4, 2\)"):
         open_maps(path)
+
+
+def test_wide_maps_write_with_one_buffer_set_and_the_same_bytes(tmp_path, monkeypatch):
+    # Above DOUBLE_BUFFER_MAX_BYTES per buffer set (a 100k px wide slide with 10
+    # channels), the writer keeps one set instead of two: same maps, less memory.
+    from histoflow.merge import stage
+    from histoflow.synthetic.raw import write_synthetic_raw
+
+    raw = tmp_path / "raw.zarr"
+    write_synthetic_raw(raw, (300, 500), (64, 64), (48, 48), {"p": 2, "q": 3})
+    backgrounds = []
+    real = stage.MapsZarrWriter
+
+    def spy(*args, **kwargs):
+        backgrounds.append(kwargs["background"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stage, "MapsZarrWriter", spy)
+    stage.run(raw, tmp_path / "double.zarr", threads=2)
+    monkeypatch.setattr(stage, "DOUBLE_BUFFER_MAX_BYTES", 1)
+    stage.run(raw, tmp_path / "single.zarr", threads=2)
+    assert backgrounds == [True, False]
+    double = zarr.open_group(tmp_path / "double.zarr", mode="r")
+    single = zarr.open_group(tmp_path / "single.zarr", mode="r")
+    for name in ("p", "q", "coverage"):
+        np.testing.assert_array_equal(double[name][...], single[name][...])

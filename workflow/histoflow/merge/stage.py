@@ -59,9 +59,21 @@ def _log_end(stats: MergeStats) -> None:
     )
 
 
+# A second set of output-chunk buffers lets the last chunk encode while the next one is
+# accumulated; above this size (a wide slide with many channels: 473 MB per set for
+# HoVer-Net's 10 channels 65536 px wide) one set is used, so memory stays in bound.
+DOUBLE_BUFFER_MAX_BYTES = 256 * MB
+
+
+def writer_buffer_bytes(raw: RawZarr, band_rows: int) -> int:
+    """Bytes of one set of the writer's float32 chunk buffers (heads and coverage)."""
+    return band_rows * raw.shape[1] * (sum(raw.channels.values()) + 1) * 4
+
+
 def _merge_into(
     tmp: Path, raw: RawZarr, options: MergeOptions, stats, policy, cache, threads, progress
 ):
+    double = threads >= 2 and writer_buffer_bytes(raw, stats.band_rows) <= DOUBLE_BUFFER_MAX_BYTES
     writer = MapsZarrWriter(
         tmp,
         raw.shape,
@@ -70,7 +82,7 @@ def _merge_into(
         # `patches`: so the count survives a temporary raw.zarr (config keep).
         {**raw.attrs, "band_rows": stats.band_rows, "patches": len(raw)},
         compression=options.compression,
-        background=threads >= 2,
+        background=double,
         encodings=maps_encodings(raw, options.encoding),
     )
     # With 2+ threads, decoding the next raw batch and encoding the last output chunk
