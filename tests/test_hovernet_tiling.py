@@ -134,3 +134,45 @@ def test_scale_factor_sets_the_published_sizes():
         tasks_from_card(sm.card("hovernet", HEADS, CLASSES, {"scale_factor": 0.35}), channels, 0.5)
     with pytest.raises(ModelError, match=r"params: unknown \['min_area_um2'\] for hovernet"):
         tasks_from_card(sm.card("hovernet", HEADS, CLASSES, {"min_area_um2": 1}), channels, 0.5)
+
+
+def test_glass_tiles_are_skipped_and_change_nothing(tmp_path, monkeypatch):
+    # 3 x 3 tiles; the bottom-right tile's whole window lies where no patch landed
+    # (coverage 0): it is neither read nor post-processed, in the statistics pass or the
+    # tile pass, and the objects equal a whole-map pass (which sees the zeros there).
+    from histoflow.instances import normalise, schedule
+
+    shape = (2100, 2100)
+    objs = sm.random_nuclei(shape, spacing=40, radius=(7, 14), classes=(1, 2), seed=4)
+    card = sm.card("hovernet", HEADS, CLASSES, None, mpp=MPP, patch_output=(164, 164))
+    path = sm.write_maps(
+        tmp_path / "m.zarr",
+        objs,
+        shape,
+        card,
+        HEADS,
+        band_rows=350,
+        blank=[(1700, 2100, 1700, 2100)],
+    )
+    calls = {"tiles": 0, "stats": 0}
+
+    def counted(fn, key):
+        def run(*args):
+            calls[key] += 1
+            return fn(*args)
+
+        return run
+
+    monkeypatch.setattr(schedule, "process_tile", counted(schedule.process_tile, "tiles"))
+    monkeypatch.setattr(
+        normalise, "core_gradient_extremes", counted(normalise.core_gradient_extremes, "stats")
+    )
+    tile, margin = pannuke_tiling()
+    (t, _, stats) = extract(path, opts(tile, margin))
+    assert stats.tiles == 9 and calls == {"tiles": 8, "stats": 8}
+    (w, _, _) = extract(path, opts(None))
+    tiled, whole = geoms(t[0][2]), geoms(w[0][2])
+    assert len(whole) > 1000
+    m = evaluate.match(tiled, whole)
+    assert m.f1 == 1.0 and m.mean_iou > 0.99999, m
+    assert np.array_equal(np.bincount(t[0][2].class_id), np.bincount(w[0][2].class_id))

@@ -13,7 +13,7 @@ import contextlib
 import multiprocessing
 import sys
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -22,7 +22,7 @@ from histoflow.instances import tiling
 from histoflow.instances.options import InstancesOptions
 from histoflow.instances.tasks import Task
 from histoflow.instances.work import TileResult, process_tile
-from histoflow.io.maps_zarr import MapsZarr
+from histoflow.io.maps_zarr import COVERAGE, MapsZarr
 
 
 @dataclass(frozen=True)
@@ -92,29 +92,64 @@ def read_names(tasks: list[Task]) -> list[str]:
     return names + (["coverage"] if any(t.kind == "regions" for t in tasks) else [])
 
 
+def ordered_map(executor: Executor | None, fn: Callable, jobs: Iterable[tuple | None]) -> Iterator:
+    """fn(*job) for each job, in order, on the executor's workers with at most two jobs
+    per worker in flight (a job is built only when it is handed out); a None job gives
+    None without a call."""
+    if executor is None:
+        for job in jobs:
+            yield None if job is None else fn(*job)
+        return
+    ahead = 2 * max(1, getattr(executor, "_max_workers", 1))
+    pending: deque[Future] = deque()
+    for job in jobs:
+        if job is None:
+            done: Future = Future()
+            done.set_result(None)
+            pending.append(done)
+        else:
+            pending.append(executor.submit(fn, *job))
+        del job
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def ordered_tiles(tiles: list[tiling.Tile]) -> list[tiling.Tile]:
+    """The tiles strip by strip, each strip left to right: the order results come in."""
+    return [t for strip in strips(tiles) for t in strip]
+
+
+def has_patches(maps: MapsZarr, window: tuple[int, int, int, int]) -> bool:
+    """Whether any patch covered the window (coverage > 0); outside every patch the
+    maps are 0 and hold no object."""
+    return bool(maps.read_window([COVERAGE], window)[COVERAGE].any())
+
+
 def run_tiles(
     maps: MapsZarr,
     tiles: list[tiling.Tile],
     tasks: list[Task],
     executor: Executor | None,
 ) -> Iterator[TileResult]:
-    """Results in tile order, each tile's window read just before it is handed out."""
+    """Results in tile order, each tile's window read just before it is handed out.
+
+    With instance tasks only, a tile whose window no patch covered (glass) is not read
+    or post-processed: its result is empty, as it would be.
+    """
     names = read_names(tasks)
-    ordered = [t for strip in strips(tiles) for t in strip]
-    if executor is None:
-        for t in ordered:
-            yield process_tile(t, maps.read_window(names, t.window), tasks, maps.shape, maps.scale)
-        return
-    ahead = 2 * max(1, getattr(executor, "_max_workers", 1))
-    pending: deque[Future] = deque()
-    for t in ordered:
-        arrays = maps.read_window(names, t.window)
-        pending.append(executor.submit(process_tile, t, arrays, tasks, maps.shape, maps.scale))
-        del arrays
-        if len(pending) >= ahead:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
+    skip_glass = all(t.kind != "regions" for t in tasks)
+    ordered = ordered_tiles(tiles)
+
+    def job(t: tiling.Tile):
+        if skip_glass and not has_patches(maps, t.window):
+            return None
+        return (t, maps.read_window(names, t.window), tasks, maps.shape, maps.scale)
+
+    results = ordered_map(executor, process_tile, (job(t) for t in ordered))
+    for t, res in zip(ordered, results, strict=True):
+        yield TileResult(t.index) if res is None else res
 
 
 def progress(total: int):

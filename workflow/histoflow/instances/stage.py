@@ -144,7 +144,7 @@ def extract(
         maps = open_maps(maps_path)
         tasks = tasks_from_card(maps.attrs["model"], maps.channels, maps.mpp)
         plan = plan_tiles(maps, tasks, options)
-        tasks = with_hover_stats(maps, tasks, plan)
+        tasks = with_hover_stats(maps, tasks, plan, executor)
         _log_plan(maps, tasks, plan, options.workers)
         per_task, asm, t_tiles = _assemble(maps, tasks, plan, executor, classmap_path)
     finally:
