@@ -7,7 +7,7 @@ network, 0.25 µm/px, 256 -> 164 px; `--tinyfcn`: bench_vs_tiatoolbox's TinyFCN,
 `--reps` times in one process per heap setting, one loader worker, 2 torch threads,
 and prints per repetition: wall, user and system CPU seconds, minor page faults and the
 process's peak RSS, so growth of the heap over repetitions shows. Settings (mmap
-threshold / trim threshold, MiB): the shipped `bound_heap`, a larger one, the earlier
+threshold / trim threshold, MiB): the shipped `bound_heap`, a smaller one, the earlier
 fixed 1 MiB threshold, and glibc's dynamic default.
 
     .venv/bin/python benchmarks/bench_heap.py [--reps 4]
@@ -30,8 +30,8 @@ sys.path.insert(0, str(REPO / "workflow"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 SETTINGS = {  # key: (name, mmap MiB, trim MiB)
-    "shipped": ("shipped 64 / 256 MiB", 64, 256),
-    "larger": ("256 / 512 MiB", 256, 512),
+    "shipped": ("shipped 256 / 512 MiB", 256, 512),
+    "smaller": ("64 / 256 MiB", 64, 256),
     "before": ("fixed 1 MiB (before)", 1, None),
     "dynamic": ("glibc dynamic", None, None),
 }

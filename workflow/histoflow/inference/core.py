@@ -55,8 +55,8 @@ def prepare_process(device: torch.device) -> None:
 
 # glibc's mallopt parameters and the values bound_heap sets (benchmarks/bench_heap.py).
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD = 64 << 20
-TRIM_THRESHOLD = 256 << 20
+MMAP_THRESHOLD = 256 << 20
+TRIM_THRESHOLD = 512 << 20
 
 
 def bound_heap(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> None:
@@ -65,11 +65,12 @@ def bound_heap(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_
     glibc's default raises the mmap threshold after large frees, after which the heap
     fragments and grows with the slide when DataLoader workers feed the process (0.4 to
     1.2 GB over 1600 patches). A low fixed threshold (1 MiB) keeps it flat but maps and
-    unmaps every batch-sized tensor, one page fault per 4 KiB touched: system CPU 15 %
-    of user. Fixed at 64 MiB (mmap) and 256 MiB (trim), batch tensors are reused from
-    the heap: a sixth of the faults, system CPU ~4 % of user, RSS levelling off about
-    250 MB higher. Setting them also turns the dynamic adjustment off; forked workers
-    inherit them. No-op off glibc.
+    unmaps every batch-sized tensor, one page fault per 4 KiB touched: system CPU 20 %
+    of user. Fixed at 256 MiB (mmap; above a batch's activations, 64 MiB for TinyFCN at
+    batch 16) and 512 MiB (trim), batch tensors are reused from the heap: system CPU
+    about 2 % of user, a tenth of the faults, RSS levelling off 250-370 MB higher.
+    Setting them also turns the dynamic adjustment off; forked workers inherit them.
+    No-op off glibc.
     """
     if not sys.platform.startswith("linux"):
         return
