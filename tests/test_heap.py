@@ -1,4 +1,4 @@
-"""The heap setting of the forward loop (histoflow.inference.core.bound_heap): a
+"""The heap setting of the forward loop (histoflow.inference.threads.bound_heap): a
 batch-sized buffer freed and allocated again is reused from the heap, not mapped
 afresh, so the page faults (system CPU) of the loop do not grow with every batch."""
 
@@ -13,8 +13,8 @@ CYCLES = """
 import resource, sys
 import numpy as np
 sys.path.insert(0, {workflow!r})
-from histoflow.inference import core
-core.bound_heap(*{args!r})
+from histoflow.inference.threads import bound_heap
+bound_heap(*{args!r})
 np.ones(16 << 20, np.uint8)  # the first batch
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(40):

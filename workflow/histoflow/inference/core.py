@@ -9,11 +9,9 @@ dataset, the loader and the normalised forward loop.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import resource
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from histoflow.errors import ConfigError
+from histoflow.inference.threads import bound_heap
 from histoflow.slide import Slide, open_slide
 
 log = logging.getLogger(__name__)
@@ -51,35 +50,6 @@ def prepare_process(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
         torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-# glibc's mallopt parameters and the values bound_heap sets (benchmarks/bench_heap.py).
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD = 256 << 20
-TRIM_THRESHOLD = 512 << 20
-
-
-def bound_heap(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> None:
-    """Fix glibc's mmap and trim thresholds for the forward loop.
-
-    glibc's default raises the mmap threshold after large frees, after which the heap
-    fragments and grows with the slide when DataLoader workers feed the process (0.4 to
-    1.2 GB over 1600 patches). A low fixed threshold (1 MiB) keeps it flat but maps and
-    unmaps every batch-sized tensor, one page fault per 4 KiB touched: system CPU 20 %
-    of user. Fixed at 256 MiB (mmap; above a batch's activations, 64 MiB for TinyFCN at
-    batch 16) and 512 MiB (trim), batch tensors are reused from the heap: system CPU
-    about 2 % of user, a tenth of the faults, RSS levelling off 250-370 MB higher.
-    Setting them also turns the dynamic adjustment off; forked workers inherit them.
-    No-op off glibc.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, int(mmap_threshold))
-        libc.mallopt(M_TRIM_THRESHOLD, int(trim_threshold))
-    except (OSError, AttributeError):
-        pass
 
 
 def open_one_slide(path: str, sample: str | None, mpp: float | None) -> list[Slide]:
