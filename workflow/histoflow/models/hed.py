@@ -24,6 +24,8 @@ from histoflow import stains
 
 # Ruifrok & Johnston (2001) stain vectors, rows = H, E, DAB optical densities (RGB).
 RGB_FROM_HED = torch.tensor(stains.RGB_FROM_HED, dtype=torch.float64)
+# Optical densities (RGB) -> stain amounts, from the unit-normalised stain vectors.
+HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED / RGB_FROM_HED.norm(dim=1, keepdim=True))
 # skimage's rgb2hed divides log intensities by log(1e-6); keep its scale so thresholds
 # are comparable with rgb2hed output.
 LOG_ADJUST = -math.log(1e-6)
@@ -62,9 +64,7 @@ class HedNuclei(nn.Module):
         crop: int = 16,
     ):
         super().__init__()
-        rgb_from_hed = RGB_FROM_HED / RGB_FROM_HED.norm(dim=1, keepdim=True)
-        hed_from_rgb = torch.linalg.inv(rgb_from_hed)
-        self.register_buffer("h_vector", hed_from_rgb[:, 0].float().view(1, 3, 1, 1))
+        self.register_buffer("h_vector", HED_FROM_RGB[:, 0].float().view(1, 3, 1, 1))
         self.register_buffer("k_prob", gaussian_kernel(sigma_prob))
         self.register_buffer("k_energy", gaussian_kernel(sigma_energy))
         self.threshold = threshold
@@ -109,9 +109,7 @@ class HedHoverNet(nn.Module):
         crop: int = 46,
     ):
         super().__init__()
-        rgb_from_hed = RGB_FROM_HED / RGB_FROM_HED.norm(dim=1, keepdim=True)
-        hed_from_rgb = torch.linalg.inv(rgb_from_hed)
-        self.register_buffer("he_vectors", hed_from_rgb[:, :2].T.float().view(2, 3, 1, 1))
+        self.register_buffer("he_vectors", HED_FROM_RGB[:, :2].T.float().view(2, 3, 1, 1))
         self.register_buffer("k_prob", gaussian_kernel(sigma_prob))
         self.register_buffer("k_centre", gaussian_kernel(sigma_centre))
         # Prototype (haematoxylin, eosin) densities of types 1.., spread over the range
