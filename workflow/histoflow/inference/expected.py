@@ -1,8 +1,9 @@
 """Bytes a slide's dense stage stores will take, known before they are written.
 
 The grid fixes the size of raw.zarr (patches x output pixels x channels x dtype) and of
-the covered part of maps.zarr (covered pixels x stored bytes per pixel); both are
-uncompressed sizes, the most the stores can take. Before mask_tissue has run the grid
+the covered part of maps.zarr (covered pixels x stored bytes per pixel), uncompressed;
+on disk the codecs shrink them (a 40x slide with a HoVer-Net-shaped model: 10.7 GB and
+6.9 GB expected, 2.6 GB and 1.0 GB written). Before mask_tissue has run the grid
 is the whole slide's (an upper bound); once the mask exists it is the grid
 infer_patches will use. The dry run prints these per slide (workflow/rules/common.smk)
 so a cohort's disk needs are known before anything runs.
@@ -71,8 +72,9 @@ def format_table(rows: list[ExpectedBytes], errors: dict[str, str], results: str
     """The dry run's table: one line per slide, totals and the free space of results/."""
     mb = 1e6
     lines = [
-        "expected bytes per slide (uncompressed, the most the stores take; compressed "
-        "stores are smaller; '<=' = whole-slide grid, mask_tissue has not run yet):",
+        "expected bytes per slide (uncompressed: raw.zarr's patches, maps.zarr's covered "
+        "pixels; on disk they compress; '<=' = whole-slide grid, mask_tissue has not run "
+        "yet):",
         f"  {'sample':<24} {'patches':>9} {'raw.zarr MB':>13} {'maps.zarr MB':>13}",
     ]
     for row in rows:
