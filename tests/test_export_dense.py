@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 
 import export_fixtures as fx
 import h5py
@@ -206,3 +207,21 @@ def test_ometiff_float32_and_head_errors(tmp_path, maps):
             ometiff.HeatmapOptions.from_config({"heads": ["nope"]}),
         )
     assert not (tmp_path / "x.ome.tif").exists()
+
+
+def test_released_spill_rows_leave_memory_and_keep_their_values(tmp_path):
+    # The OME-TIFF level spill: pages written and released leave the job's RSS (they
+    # would otherwise pile up level after level) and read back unchanged.
+    from histoflow.export.ometiff import _anonymous_memmap, release_rows
+
+    def rss_mb() -> float:
+        return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    spill = _anonymous_memmap(tmp_path / "level1.npy", "uint8", (4096, 16384))
+    before = rss_mb()
+    for y0 in range(0, 4096, 256):
+        spill[y0 : y0 + 256] = (y0 // 256) + 1
+    grown = rss_mb() - before
+    release_rows(spill, 0, 4096)
+    assert grown > 48 and rss_mb() - before < grown / 4  # 64 MB written, most released
+    assert np.array_equal(np.unique(spill[::256, ::1000]), np.arange(1, 17))

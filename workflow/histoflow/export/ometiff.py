@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import mmap
 import os
 import tempfile
 import uuid
@@ -185,6 +186,23 @@ def _anonymous_memmap(path: Path, dtype: str, shape, sample: str | None = None) 
     return array
 
 
+def release_rows(array: np.ndarray, y0: int, y1: int) -> None:
+    """Drop rows [y0, y1) of a file-backed memmap from this process's memory (madvise
+    DONTNEED): written pages stay in the file (the page cache writes them back) and are
+    read again on the next access, so the spill's pages do not pile up in the job's RSS
+    level after level. No-op where madvise is missing."""
+    raw = getattr(array, "_mmap", None)
+    if raw is None or not hasattr(raw, "madvise") or y1 <= y0:
+        return
+    row = array.strides[0]
+    data = array.ctypes.data - np.frombuffer(raw, np.uint8, count=1).ctypes.data
+    start = data + y0 * row
+    start -= start % mmap.PAGESIZE
+    stop = min(len(raw), data + y1 * row)
+    if stop > start:
+        raw.madvise(mmap.MADV_DONTNEED, start, stop - start)
+
+
 class _Pyramid:
     """The tiles of every level in TIFF order; each level's pixels spill to .npy
     memmaps under `spill_dir`, from which the next level is pooled."""
@@ -218,7 +236,8 @@ class _Pyramid:
     def _spilled_bands(self, level: int, i: int, pool: bool):
         spill = self.spills[level][i]
         for y0 in range(0, spill.shape[0], self.band):
-            pixels = np.asarray(spill[y0 : y0 + self.band])
+            pixels = np.array(spill[y0 : y0 + self.band])
+            release_rows(spill, y0, y0 + self.band)
             yield y0, pixels, downsample(pixels) if pool else None
 
     def source_bands(self, level: int, i: int, pool: bool):
@@ -243,7 +262,9 @@ class _Pyramid:
         for i in range(len(self.channels)):
             for y0, q, pooled in self.source_bands(level, i, pool=nxt is not None):
                 if pooled is not None:
-                    nxt[i][y0 // 2 : y0 // 2 + pooled.shape[0]] = pooled
+                    rows = slice(y0 // 2, y0 // 2 + pooled.shape[0])
+                    nxt[i][rows] = pooled
+                    release_rows(nxt[i], rows.start, rows.stop)
                 yield from self._band_tiles(q, width)
             if nxt is not None:
                 nxt[i].flush()
