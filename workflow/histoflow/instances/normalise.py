@@ -19,7 +19,7 @@ import numpy as np
 
 from histoflow.instances import tiling
 from histoflow.instances.hovernet_published import HoverStats, gradients
-from histoflow.instances.schedule import TilePlan, has_patches, ordered_map, ordered_tiles
+from histoflow.instances.schedule import TilePlan, ordered_map, ordered_tiles
 from histoflow.instances.tasks import Task
 from histoflow.io.maps_zarr import MapsZarr
 
@@ -32,12 +32,12 @@ def _join(a: tuple[float, float] | None, b: tuple[float, float]) -> tuple[float,
     return b if a is None else (min(a[0], b[0]), max(a[1], b[1]))
 
 
-def map_extremes(maps: MapsZarr, head: str, plan: TilePlan) -> HoverStats:
+def map_extremes(maps: MapsZarr, head: str, plan: TilePlan, covered: frozenset[int]) -> HoverStats:
     """(lo, hi) of the horizontal and vertical channels of `head` over the whole map;
-    the derivative fields are left empty (0, 0). Tile cores no patch covered hold 0."""
+    the derivative fields are left empty (0, 0). Tiles not in `covered` hold 0."""
     h = v = None
     for t in ordered_tiles(plan.tiles):
-        if has_patches(maps, t.core):
+        if t.index in covered:
             hv = maps.read_window([head], t.core)[head]
             found = _extremes(hv[..., 0]), _extremes(hv[..., 1])
         else:
@@ -58,17 +58,21 @@ def core_gradient_extremes(
 
 
 def hover_stats(
-    maps: MapsZarr, task: Task, plan: TilePlan, executor: Executor | None = None
+    maps: MapsZarr,
+    task: Task,
+    plan: TilePlan,
+    covered: frozenset[int],
+    executor: Executor | None = None,
 ) -> HoverStats:
     """The whole map's extremes of the task's hv maps and of their derivatives, the
-    derivatives tile by tile on the executor's workers. A window no patch covered is
-    0 everywhere, so its derivatives are 0."""
+    derivatives tile by tile on the executor's workers. A window no patch covered (not
+    in `covered`) is 0 everywhere, so its derivatives are 0."""
     head = task.heads["hv"]
     ksize = task.hover_params().ksize
-    base = map_extremes(maps, head, plan)
+    base = map_extremes(maps, head, plan, covered)
 
     def job(t: tiling.Tile):
-        if not has_patches(maps, t.window):
+        if t.index not in covered:
             return None
         return (maps.read_window([head], t.window)[head], t, ksize, base)
 
@@ -81,14 +85,18 @@ def hover_stats(
 
 
 def with_hover_stats(
-    maps: MapsZarr, tasks: list[Task], plan: TilePlan, executor: Executor | None = None
+    maps: MapsZarr,
+    tasks: list[Task],
+    plan: TilePlan,
+    covered: frozenset[int],
+    executor: Executor | None = None,
 ) -> list[Task]:
     """The tasks, those of method `hovernet` given the whole map's extremes when the map
     is cut into several tiles."""
     if len(plan.tiles) < 2:
         return tasks
     return [
-        dataclasses.replace(t, hover_stats=hover_stats(maps, t, plan, executor))
+        dataclasses.replace(t, hover_stats=hover_stats(maps, t, plan, covered, executor))
         if t.method == "hovernet"
         else t
         for t in tasks

@@ -127,23 +127,30 @@ def has_patches(maps: MapsZarr, window: tuple[int, int, int, int]) -> bool:
     return bool(maps.read_window([COVERAGE], window)[COVERAGE].any())
 
 
+def tiles_with_patches(maps: MapsZarr, tiles: list[tiling.Tile]) -> frozenset[int]:
+    """Indices of the tiles whose window some patch covered, found once per run; the
+    other tiles are glass (maps 0 throughout their window)."""
+    return frozenset(t.index for t in tiles if has_patches(maps, t.window))
+
+
 def run_tiles(
     maps: MapsZarr,
     tiles: list[tiling.Tile],
     tasks: list[Task],
     executor: Executor | None,
+    covered: frozenset[int],
 ) -> Iterator[TileResult]:
     """Results in tile order, each tile's window read just before it is handed out.
 
-    With instance tasks only, a tile whose window no patch covered (glass) is not read
-    or post-processed: its result is empty, as it would be.
+    With instance tasks only, a tile not in `covered` (`tiles_with_patches`: glass) is
+    not read or post-processed: its result is empty, as it would be.
     """
     names = read_names(tasks)
     skip_glass = all(t.kind != "regions" for t in tasks)
     ordered = ordered_tiles(tiles)
 
     def job(t: tiling.Tile):
-        if skip_glass and not has_patches(maps, t.window):
+        if skip_glass and t.index not in covered:
             return None
         return (t, maps.read_window(names, t.window), tasks, maps.shape, maps.scale)
 

@@ -16,7 +16,14 @@ from pathlib import Path
 from histoflow.instances.assemble import Assembly, create_classmap
 from histoflow.instances.normalise import with_hover_stats
 from histoflow.instances.options import InstancesOptions
-from histoflow.instances.schedule import TilePlan, make_executor, plan_tiles, progress, run_tiles
+from histoflow.instances.schedule import (
+    TilePlan,
+    make_executor,
+    plan_tiles,
+    progress,
+    run_tiles,
+    tiles_with_patches,
+)
 from histoflow.instances.tasks import Task, tasks_from_card
 from histoflow.io.atomic import atomic_output
 from histoflow.io.instance_table import Objects, build_table, write_instance_table
@@ -113,12 +120,14 @@ def _open_classmap(stack, path, maps: MapsZarr, tasks: list[Task], plan: TilePla
     return create_classmap(tmp, maps.shape, plan.tile_shape, semantic[0], slide_attrs(maps))
 
 
-def _assemble(maps, tasks, plan, executor, classmap_path) -> tuple[PerTask, Assembly, float]:
+def _assemble(
+    maps, tasks, plan, executor, classmap_path, covered
+) -> tuple[PerTask, Assembly, float]:
     """Run the tiles into an Assembly, then finish each task; also the time tiles ended."""
     with contextlib.ExitStack() as stack:
         asm = Assembly(tasks, plan, _open_classmap(stack, classmap_path, maps, tasks, plan))
         bar = stack.enter_context(progress(len(plan.tiles)))
-        for res in run_tiles(maps, plan.tiles, tasks, executor):
+        for res in run_tiles(maps, plan.tiles, tasks, executor, covered):
             asm.add(res)
             if bar is not None:
                 bar.update(1)
@@ -144,9 +153,10 @@ def extract(
         maps = open_maps(maps_path)
         tasks = tasks_from_card(maps.attrs["model"], maps.channels, maps.mpp)
         plan = plan_tiles(maps, tasks, options)
-        tasks = with_hover_stats(maps, tasks, plan, executor)
+        covered = tiles_with_patches(maps, plan.tiles)
+        tasks = with_hover_stats(maps, tasks, plan, covered, executor)
         _log_plan(maps, tasks, plan, options.workers)
-        per_task, asm, t_tiles = _assemble(maps, tasks, plan, executor, classmap_path)
+        per_task, asm, t_tiles = _assemble(maps, tasks, plan, executor, classmap_path, covered)
     finally:
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
