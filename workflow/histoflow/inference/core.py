@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,14 @@ log = logging.getLogger(__name__)
 PRECISIONS = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Batches each loader worker keeps ready: enough to hide a slow read behind the model.
 PREFETCH_BATCHES = 4
+# A loader worker that dies inside a queue's feeder thread leaves the job waiting for
+# its batch for ever; no read of one batch takes this long, so waiting longer is a hang.
+LOADER_TIMEOUT_S = 600
+# Loader workers hand each batch over through an AF_UNIX socket that multiprocessing
+# makes at <temp dir>/pymp-XXXXXXXX/listener-XXXXXXXX; such paths hold at most 107 bytes.
+SOCKET_PATH_MAX = 107
+SOCKET_SUFFIX = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
+SHORT_TEMP_DIRS = ("/tmp", "/dev/shm", "/var/tmp")
 
 
 def pick_device(name: str, field: str) -> torch.device:
@@ -166,6 +175,8 @@ def make_loader(
     dataset: Dataset, batch_size: int, num_workers: int, device: torch.device
 ) -> DataLoader:
     """Batches of `dataset` in order, read by `num_workers` processes (0: this one)."""
+    if num_workers:
+        short_socket_dir()
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -174,6 +185,33 @@ def make_loader(
         pin_memory=device.type == "cuda",
         persistent_workers=False,
         prefetch_factor=PREFETCH_BATCHES if num_workers else None,
+        timeout=LOADER_TIMEOUT_S if num_workers else 0,
+    )
+
+
+def short_socket_dir() -> None:
+    """Point this process's temp folder (inherited by forked loader workers) at a short
+    one when the current one is too deep for the workers' sockets: a deep TMPDIR (a job
+    folder several levels down) otherwise makes every worker fail with "AF_UNIX path too
+    long". Only sockets and their empty folders go there."""
+    current = tempfile.gettempdir()
+    if len(current.encode()) + SOCKET_SUFFIX <= SOCKET_PATH_MAX:
+        return
+    for folder in SHORT_TEMP_DIRS:
+        if os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK):
+            log.info(
+                "temp folder %s is %d bytes long, too long for loader sockets: using %s",
+                current,
+                len(current.encode()),
+                folder,
+            )
+            tempfile.tempdir = folder
+            return
+    raise ConfigError(
+        f"TMPDIR {current!r} is too long for the loader workers' sockets "
+        f"({SOCKET_PATH_MAX - SOCKET_SUFFIX} bytes at most) and none of "
+        f"{', '.join(SHORT_TEMP_DIRS)} is writable: set a shorter TMPDIR "
+        "or no loader workers (inference.num_workers or tiles.num_workers: 0)"
     )
 
 
