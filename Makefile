@@ -27,7 +27,7 @@ PY_DIRS    := workflow scripts tests benchmarks
 SMK_FILES  := Snakefile workflow/rules
 
 test: lint data
-	$(BIN)/python -m pytest tests -m "not slow" --durations=25
+	$(BIN)/python -m pytest tests -m "not slow" -n auto --dist loadfile --durations=25
 
 # Engine tests only: the end-to-end Snakemake runs are marked e2e.
 unit: data

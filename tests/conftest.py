@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
@@ -57,10 +60,25 @@ def demo_slide() -> Path:
 def demo_run(tmp_path_factory, demo_slide) -> Path:
     """The demo cohort (one sample, 'demo') through the default config with every store
     kept and every export format on (DEMO_CONFIG), run once per session and shared
-    read-only by the tests that check its outputs."""
-    workdir = tmp_path_factory.mktemp("demo-run")
-    run_workflow(workdir, samples=[{"sample": DEMO_SAMPLE, "path": demo_slide}], config=DEMO_CONFIG)
+    read-only by the tests that check its outputs. Under pytest-xdist the workers share
+    one run: the first to ask builds it under a file lock, the others wait and reuse it."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        workdir = tmp_path_factory.mktemp("demo-run")
+        _run_demo(workdir, demo_slide)
+        return workdir
+    # Each worker's basetemp is a folder of the session's own temp folder.
+    shared = tmp_path_factory.getbasetemp().parent
+    workdir, done = shared / "demo-run", shared / "demo-run.done"
+    with FileLock(str(shared / "demo-run.lock")):
+        if not done.exists():
+            shutil.rmtree(workdir, ignore_errors=True)  # a failed attempt's leftovers
+            _run_demo(workdir, demo_slide)
+            done.touch()
     return workdir
+
+
+def _run_demo(workdir: Path, demo_slide: Path) -> None:
+    run_workflow(workdir, samples=[{"sample": DEMO_SAMPLE, "path": demo_slide}], config=DEMO_CONFIG)
 
 
 def write_sheet(path: Path, rows: list[dict]) -> Path:
@@ -113,10 +131,29 @@ def run_workflow(
     cmd += ["--cores", "2", "--configfile", str(workdir / "config" / "config.yaml")]
     cmd += list(args or [])
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    proc = subprocess.run(
-        cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env
-    )
-    proc.stdout = proc.stdout + proc.stderr
+    proc = _run_group(cmd, workdir, env, timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
     return proc
+
+
+def _run_group(cmd: list[str], cwd: Path, env: dict, timeout: int) -> subprocess.CompletedProcess:
+    """Run `cmd` in a process group of its own, stdout and stderr in .stdout. On a timeout
+    or an interrupt the whole group is killed: killing Snakemake alone leaves its jobs
+    running (a hung job outlived the test and the session)."""
+    with subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    ) as popen:
+        try:
+            out, _ = popen.communicate(timeout=timeout)
+        except BaseException:
+            os.killpg(popen.pid, signal.SIGKILL)
+            popen.communicate()
+            raise
+    return subprocess.CompletedProcess(cmd, popen.returncode, out, "")
