@@ -39,6 +39,7 @@ from histoflow.cells.measure import (
 )
 from histoflow.config import schema_defaults
 from histoflow.errors import ConfigError
+from histoflow.inference.threads import release_heap
 from histoflow.io.atomic import atomic_output
 from histoflow.io.cell_table import (
     DEGREE,
@@ -61,10 +62,12 @@ IDENTITY = ("id", "task", "class_id", "class_name", "probability", "centroid_x",
 # Batches of nuclei per chunk of work (one worker task, one block cache).
 CHUNK_BATCHES = 8
 # Bytes of slide blocks a worker's cache holds. A batch uses each block once (pixels are
-# grouped by block), so the cache only carries the last rows of blocks into the next
-# batch; a cap in blocks let it hold whole full-width rows, growing with the slide's
-# width (0.8 MB a block of 512 px: 128 a row at 65536 px).
-CACHE_BYTES = 128 * 1024 * 1024
+# grouped by block), so the cache only carries blocks into the next batch; a cap of 1024
+# blocks let it hold whole full-width rows, growing with the slide's width (0.8 MB a
+# block of 512 px: 128 a row at 65536 px). At 32 MB (40 blocks) the full-size
+# HoVer-Net-shaped run reads 8 % more blocks (3732 instead of 3452) and each worker
+# peaks about 80 MB lower.
+CACHE_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -398,6 +401,10 @@ def run(
         counts, classes, edges, deg, keep = neighbourhood(table, tasks, declared, options, stats)
         meta = table_meta(table.meta, tasks, classes, options, ctx)
         write_graph(graph_path, *edges, meta)
+        del edges
+        # The triangulation's and the table columns' freed pages stay in glibc's heap
+        # while the workers measure; without them the parent holds its O(nuclei) arrays.
+        release_heap()
         t_measure = time.perf_counter()
         with atomic_output(cells_path) as tmp, CellTableWriter(tmp, classes, meta) as writer:
             row = 0
