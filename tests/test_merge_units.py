@@ -262,3 +262,43 @@ def test_wide_maps_write_with_one_buffer_set_and_the_same_bytes(tmp_path, monkey
     single = zarr.open_group(tmp_path / "single.zarr", mode="r")
     for name in ("p", "q", "coverage"):
         np.testing.assert_array_equal(double[name][...], single[name][...])
+
+
+def _store_files(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("threads", "spill"), [(1, False), (2, False), (1, True)], ids=["one", "two", "spilled"]
+)
+def test_column_windows_give_the_same_bytes(tmp_path, threads, spill):
+    # Three windows of whole 1024-column chunks (the last 552 wide); a 16 px patch at
+    # stride 12 straddles each window edge and overlaps its neighbours both ways.
+    from histoflow.merge import stage
+    from histoflow.synthetic.raw import write_synthetic_raw
+
+    raw = tmp_path / "raw.zarr"
+    keep = np.ones((4, 217), bool)
+    keep[1, 100:] = False  # a row that stops inside the second window
+    keep[2, :90] = False  # and one that starts there
+    write_synthetic_raw(raw, (52, 2600), (16, 16), (12, 12), {"p": 1, "q": 3}, keep=keep)
+    extra = {"memory_percent": 0} if spill else {}
+    whole = stage.run(raw, tmp_path / "whole.zarr", MergeOptions.from_config(extra), threads=1)
+    opts = MergeOptions.from_config(extra, window_cols=1500)  # rounded down to 1024
+    windowed = stage.run(raw, tmp_path / "windowed.zarr", opts, threads=threads)
+    assert (whole.windows, windowed.windows) == (1, 3)
+    assert windowed.max_canvas_width <= 1024 + 16 < whole.max_canvas_width
+    assert windowed.patches == whole.patches == int(keep.sum())
+    assert windowed.chunks_written == whole.chunks_written
+    one, other = _store_files(tmp_path / "whole.zarr"), _store_files(tmp_path / "windowed.zarr")
+    assert one.keys() == other.keys() and len(one) > 10
+    assert one == other
+
+
+def test_writer_windows_are_whole_chunks(tmp_path):
+    writer = MapsZarrWriter(tmp_path / "m.zarr", (10, 2500), {"a": 1}, band_rows=5, attrs={})
+    for bad in ((0, 1000), (512, 2048), (1024, 1024), (2048, 2600)):
+        with pytest.raises(ValueError, match="whole chunks"):
+            writer.set_columns(*bad)
+    writer.set_columns(2048, 2500)  # the last window may end at the map's edge
+    assert writer.buffer_nbytes == 5 * 452 * (4 + 2)

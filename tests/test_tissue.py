@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from histoflow import tissue
 from histoflow.errors import SlideError
 from histoflow.io.mask_files import read_mask, write_mask_files
 from histoflow.slide import open_slide
@@ -120,3 +121,26 @@ def test_mask_json_is_deterministic(tmp_path, demo_slide):
     for a, b in zip(*paths):
         assert a.read_bytes() == b.read_bytes()
     assert json.loads(paths[0][3].read_text())["method"] == "otsu"
+
+
+def test_strip_channels_equal_skimage_whole_image():
+    from skimage import color as skcolor
+    from skimage import morphology as skmorph
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (tissue.STRIP_ROWS * 2 + 37, 301, 3), dtype=np.uint8)
+    rgb[:4] = 0  # black: 0 / 0 saturation
+    rgb[4:8] = 200  # grey: delta 0
+    ref = skcolor.rgb2hsv(rgb.astype(np.float32) / 255.0)[..., 1]
+    sat = tissue.stain_channel(rgb, "saturation")
+    assert sat.dtype == np.float32 and np.array_equal(sat.view(np.uint32), ref.view(np.uint32))
+    od = -np.log(np.clip(rgb.astype(np.float32) / 255.0, 1 / 255, 1.0))
+    np.testing.assert_array_equal(
+        tissue.stain_channel(rgb, "od"), np.clip(od.mean(axis=-1) / 1.5, 0.0, 1.0)
+    )
+    blobs = rng.random((tissue.STRIP_ROWS + 90, 200)) > 0.6
+    for size in (1, 5, 40):
+        np.testing.assert_array_equal(
+            tissue.remove_small_objects(blobs, size),
+            skmorph.remove_small_objects(blobs, max_size=size),
+        )

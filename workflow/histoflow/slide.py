@@ -44,6 +44,8 @@ TILE_MAX_PIXELS = 8192 * 8192
 # `read_region` reads a level window of at most this many pixels at once (64 MiB as
 # RGBA); larger requests (a thumbnail of a slide without a coarse level) go in bands.
 READ_MAX_PIXELS = 4096 * 4096
+# Target pixels per strip of a thumbnail read (a 4096 px wide thumbnail in 1024-row strips).
+THUMBNAIL_STRIP_PIXELS = 4096 * 1024
 
 
 def tiff_tile_problem(path: str | os.PathLike) -> str | None:
@@ -336,9 +338,18 @@ class Slide(contextlib.AbstractContextManager):
             self._osr.set_cache(openslide.OpenSlideCache(int(nbytes)))
 
     def thumbnail(self, mpp: float) -> np.ndarray:
-        """The whole slide at `mpp` as RGB uint8 (height, width, 3)."""
+        """The whole slide at `mpp` as RGB uint8 (height, width, 3), read in strips of
+        rows (the same pixels as one read, see `read_region`), so the level window,
+        its RGBA copy and the resampled picture are held for a strip, not the slide."""
         w, h = self.size_at(mpp)
-        return self.read_region(0, 0, w, h, mpp)
+        rows = max(1, THUMBNAIL_STRIP_PIXELS // w)
+        if rows >= h:
+            return self.read_region(0, 0, w, h, mpp)
+        out = np.empty((h, w, 3), np.uint8)
+        for y in range(0, h, rows):
+            n = min(rows, h - y)
+            out[y : y + n] = self.read_region(0, y, w, n, mpp)
+        return out
 
     def close(self) -> None:
         """Release the file."""

@@ -67,18 +67,44 @@ class TissueMask:
     meta: dict = field(default_factory=dict)
 
 
+# Rows of the thumbnail converted at a time: the float copies of a strip, not of the
+# whole thumbnail (12.6 Mpx at full size), are what the channel conversion holds.
+STRIP_ROWS = 256
+
+
+def hsv_saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation of uint8 RGB as float32, equal to skimage's
+    `rgb2hsv(rgb.astype(np.float32) / 255)[..., 1]` (same float32 operations: /255 is
+    monotonic, so the channel max and min commute with it) without its float copies
+    and hue."""
+    out = np.zeros(rgb.shape[:2], np.float32)
+    for y in range(0, rgb.shape[0], STRIP_ROWS):
+        part = rgb[y : y + STRIP_ROWS]
+        top = part.max(axis=-1).astype(np.float32) / 255.0
+        delta = top - part.min(axis=-1).astype(np.float32) / 255.0
+        np.divide(delta, top, out=out[y : y + STRIP_ROWS], where=delta != 0)
+    return out
+
+
 def stain_channel(rgb: np.ndarray, channel: str) -> np.ndarray:
-    """A 0-1 image that is high on stained tissue and low on glass."""
-    rgb = rgb.astype(np.float32) / 255.0
+    """A 0-1 image that is high on stained tissue and low on glass (float32)."""
     if channel == "saturation":
-        return color.rgb2hsv(rgb)[..., 1]
+        return hsv_saturation(rgb)
+    if channel not in ("od", "gray"):
+        raise ValueError(f"unknown mask channel '{channel}' (saturation, od, gray)")
+    out = np.empty(rgb.shape[:2], np.float32)
+    for y in range(0, rgb.shape[0], STRIP_ROWS):  # per pixel, so strips change nothing
+        out[y : y + STRIP_ROWS] = _pixel_channel(rgb[y : y + STRIP_ROWS], channel)
+    return out
+
+
+def _pixel_channel(rgb: np.ndarray, channel: str) -> np.ndarray:
+    rgb = rgb.astype(np.float32) / 255.0
     if channel == "od":
         # Mean optical density, scaled so OD 1.5 (dense stain) maps to 1.
         od = -np.log(np.clip(rgb, 1 / 255, 1.0))
         return np.clip(od.mean(axis=-1) / 1.5, 0.0, 1.0)
-    if channel == "gray":
-        return 1.0 - color.rgb2gray(rgb)
-    raise ValueError(f"unknown mask channel '{channel}' (saturation, od, gray)")
+    return 1.0 - color.rgb2gray(rgb)
 
 
 def otsu_tissue(rgb: np.ndarray, mpp: float, opts: MaskOptions) -> tuple[np.ndarray, float]:
@@ -86,12 +112,14 @@ def otsu_tissue(rgb: np.ndarray, mpp: float, opts: MaskOptions) -> tuple[np.ndar
     chan = stain_channel(rgb, opts.channel)
     sigma = opts.smoothing_um / mpp
     if sigma > 0:
-        chan = filters.gaussian(chan, sigma=sigma, preserve_range=True)
+        # In place: each 1-d pass reads a whole line into ndimage's buffer before writing.
+        chan = filters.gaussian(chan, sigma=sigma, preserve_range=True, out=chan)
     if float(chan.max() - chan.min()) < 1e-6:
         threshold = max(float(chan.max()) + 1e-6, opts.min_threshold)
     else:
         threshold = max(float(filters.threshold_otsu(chan)), opts.min_threshold)
     mask = chan > threshold
+    del chan  # 4 bytes a pixel that the morphology's labels would sit beside
     radius = round(opts.closing_um / mpp)
     if radius > 0 and mask.any():
         mask = morphology.closing(mask, morphology.disk(radius))
@@ -99,10 +127,33 @@ def otsu_tissue(rgb: np.ndarray, mpp: float, opts: MaskOptions) -> tuple[np.ndar
     min_obj = math.ceil(opts.min_tissue_um2 / px_area)
     max_hole = math.ceil(opts.max_hole_um2 / px_area)
     if min_obj > 0:
-        mask = morphology.remove_small_objects(mask, max_size=min_obj)
+        mask = remove_small_objects(mask, min_obj)
     if max_hole > 0:
         mask = fill_small_holes(mask, max_hole)
     return mask, threshold
+
+
+def label_sizes(labels: np.ndarray, count: int) -> np.ndarray:
+    """Pixels per label 0..count, counted in strips: `np.bincount` of the whole image
+    would first copy the int32 labels to int64 (8 bytes a pixel)."""
+    sizes = np.zeros(count + 1, np.int64)
+    for y in range(0, labels.shape[0], STRIP_ROWS):
+        sizes += np.bincount(labels[y : y + STRIP_ROWS].ravel(), minlength=count + 1)
+    return sizes
+
+
+def remove_small_objects(mask: np.ndarray, max_size: int) -> np.ndarray:
+    """`mask` without its 4-connected objects of at most `max_size` pixels: skimage's
+    `morphology.remove_small_objects(mask, max_size=max_size)`, with int32 labels and
+    counts in strips instead of its int64 copy of the labels."""
+    labels = np.zeros(mask.shape, np.int32)
+    count = ndimage.label(mask, ndimage.generate_binary_structure(mask.ndim, 1), output=labels)
+    small = label_sizes(labels, count) <= max_size
+    small[0] = False  # background stays background
+    out = mask.copy()
+    for y in range(0, mask.shape[0], STRIP_ROWS):
+        out[y : y + STRIP_ROWS][small[labels[y : y + STRIP_ROWS]]] = False
+    return out
 
 
 def fill_small_holes(mask: np.ndarray, max_size: int) -> np.ndarray:
@@ -115,7 +166,7 @@ def fill_small_holes(mask: np.ndarray, max_size: int) -> np.ndarray:
     labels, count = ndimage.label(~mask)  # 4-connected, as skimage's remove_small_holes
     if count == 0:
         return mask
-    fill = np.bincount(labels.ravel(), minlength=count + 1) <= max_size
+    fill = label_sizes(labels, count) <= max_size
     fill[0] = False
     border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
     fill[np.unique(border)] = False

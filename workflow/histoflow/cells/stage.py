@@ -39,6 +39,7 @@ from histoflow.cells.measure import (
 )
 from histoflow.config import schema_defaults
 from histoflow.errors import ConfigError
+from histoflow.inference.threads import release_heap
 from histoflow.io.atomic import atomic_output
 from histoflow.io.cell_table import (
     DEGREE,
@@ -60,6 +61,13 @@ READ_FRAME = 4
 IDENTITY = ("id", "task", "class_id", "class_name", "probability", "centroid_x", "centroid_y")
 # Batches of nuclei per chunk of work (one worker task, one block cache).
 CHUNK_BATCHES = 8
+# Bytes of slide blocks a worker's cache holds. A batch uses each block once (pixels are
+# grouped by block), so the cache only carries blocks into the next batch; a cap of 1024
+# blocks let it hold whole full-width rows, growing with the slide's width (0.8 MB a
+# block of 512 px: 128 a row at 65536 px). At 32 MB (40 blocks) the full-size
+# HoVer-Net-shaped run reads 8 % more blocks (3732 instead of 3452) and each worker
+# peaks about 80 MB lower.
+CACHE_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -137,16 +145,20 @@ class BlockCache:
 
     `read(x0, y0, w, h)` reads a region at model resolution (default: the slide). Rows
     of blocks above the batch being measured are dropped (batches come in corner
-    order), and the oldest blocks once more than `max_blocks` are held.
+    order), and the oldest blocks once more than `max_blocks` (default: CACHE_BYTES)
+    are held.
     """
 
-    def __init__(self, ctx: Context, read=None, max_blocks: int = 1024):
+    def __init__(self, ctx: Context, read=None, max_blocks: int | None = None):
         if read is None:
             slide = _slide(ctx)
 
             def read(x0, y0, w, h):
                 return slide.read_region(x0, y0, w, h, ctx.mpp)
 
+        if max_blocks is None:
+            side = ctx.block + 2 * READ_FRAME
+            max_blocks = max(16, CACHE_BYTES // (side * side * 3))
         self.ctx, self.read_region, self.max_blocks = ctx, read, max_blocks
         self.blocks: dict[tuple[int, int], np.ndarray] = {}
         self.reads = 0
@@ -389,6 +401,10 @@ def run(
         counts, classes, edges, deg, keep = neighbourhood(table, tasks, declared, options, stats)
         meta = table_meta(table.meta, tasks, classes, options, ctx)
         write_graph(graph_path, *edges, meta)
+        del edges
+        # The triangulation's and the table columns' freed pages stay in glibc's heap
+        # while the workers measure; without them the parent holds its O(nuclei) arrays.
+        release_heap()
         t_measure = time.perf_counter()
         with atomic_output(cells_path) as tmp, CellTableWriter(tmp, classes, meta) as writer:
             row = 0

@@ -18,6 +18,7 @@ torch is first imported to take effect.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -122,3 +123,13 @@ def bound_heap(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_
         libc.mallopt(M_TRIM_THRESHOLD, int(trim_threshold))
     except (OSError, AttributeError):
         pass
+
+
+def release_heap() -> None:
+    """Give the free memory at the top and inside glibc's heap back to the system
+    (malloc_trim), after a large transient such as a Delaunay triangulation. No-op off
+    glibc."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -211,8 +211,10 @@ def _create_arrays(group, shape, channels, band_rows, codecs, encodings) -> dict
 
 
 class MapsZarrWriter:
-    """Writes maps.zarr at `path`. Rows must arrive in non-decreasing chunk order; rows
-    never given stay 0."""
+    """Writes maps.zarr at `path`. Rows must arrive in non-decreasing chunk order within
+    the current column window (`set_columns`; the whole width until set); rows never
+    given stay 0. The buffers are as wide as the window, so a merge that walks the slide
+    in column windows holds chunk rows of the window, not of the slide."""
 
     def __init__(
         self,
@@ -235,23 +237,44 @@ class MapsZarrWriter:
         self.arrays = _create_arrays(
             self.group, shape, channels, self.band_rows, compressors(compression), self.encodings
         )
-        n_sets = 2 if background else 1
-        # Buffers hold float32 sums and uint16 counts; `_write` encodes each chunk.
-        self._sets = [
-            {
-                name: np.zeros(
-                    (self.band_rows, *arr.shape[1:]), np.uint16 if name == COVERAGE else np.float32
-                )
-                for name, arr in self.arrays.items()
-            }
-            for _ in range(n_sets)
-        ]
+        self._n_sets = 2 if background else 1
+        self._sets: list[dict[str, np.ndarray]] = []
         self._current = 0
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="maps-writer") if background else None
         self._pending: Future | None = None
         self.chunk: int | None = None
         self._dirty = False
         self.chunks_written = 0
+        self.x0 = 0
+        self._allocate(0, shape[1])
+
+    def _allocate(self, x0: int, x1: int) -> None:
+        # Buffers hold float32 sums and uint16 counts; `_write` encodes each chunk.
+        self._sets = []  # the old window's buffers go before the new ones are made
+        self._sets = [
+            {
+                name: np.zeros(
+                    (self.band_rows, x1 - x0, *arr.shape[2:]),
+                    np.uint16 if name == COVERAGE else np.float32,
+                )
+                for name, arr in self.arrays.items()
+            }
+            for _ in range(self._n_sets)
+        ]
+        self._current = 0
+        self.x0, self.x1 = x0, x1
+
+    def set_columns(self, x0: int, x1: int) -> None:
+        """Write what is buffered, then take rows of columns [x0, x1) only, from the top
+        again. Window edges other than the map's must be multiples of the chunk columns."""
+        cols = chunk_columns(self.shape[1])
+        if not 0 <= x0 < x1 <= self.shape[1] or x0 % cols or (x1 % cols and x1 != self.shape[1]):
+            raise ValueError(f"columns [{x0}, {x1}) are not whole chunks of {cols} columns")
+        self._emit()
+        self._wait()
+        self.chunk = None
+        if (x0, x1) != (self.x0, self.x1):
+            self._allocate(x0, x1)
 
     @property
     def buffer_nbytes(self) -> int:
@@ -268,7 +291,7 @@ class MapsZarrWriter:
                 continue
             self._goto(y // r)
             ys = slice(part.y0 - y, part.y1 - y)
-            xs = slice(part.x0, part.x1)
+            xs = slice(part.x0 - self.x0, part.x1 - self.x0)
             self._dirty = True
             yield part, {name: buf[ys, xs] for name, buf in self._sets[self._current].items()}
 
@@ -288,24 +311,26 @@ class MapsZarrWriter:
         n = min(self.band_rows, self.shape[0] - y0)
         self._dirty = False
         if self._pool is None:
-            self._write(buffers, y0, n)
+            self._write(buffers, y0, n, self.x0)
             return
         self._wait()
-        self._pending = self._pool.submit(self._write, buffers, y0, n)
+        self._pending = self._pool.submit(self._write, buffers, y0, n, self.x0)
         self._current = (self._current + 1) % len(self._sets)
         # The other set finished writing in _wait(); clear what the last chunk left there.
         for buf in self._sets[self._current].values():
             buf.fill(0)
 
-    def _write(self, buffers: dict[str, np.ndarray], y0: int, n: int) -> None:
+    def _write(self, buffers: dict[str, np.ndarray], y0: int, n: int, wx0: int) -> None:
         # Only the column chunks a patch covered: glass beside the tissue stays unwritten.
         cols = chunk_columns(self.shape[1])
         covered = buffers[COVERAGE][:n].any(axis=0)
-        for x0 in range(0, self.shape[1], cols):
-            if not covered[x0 : x0 + cols].any():
+        width = covered.shape[0]
+        for bx in range(0, width, cols):
+            if not covered[bx : bx + cols].any():
                 continue
+            x0 = wx0 + bx
             for name, arr in self.arrays.items():
-                block = buffers[name][:n, x0 : x0 + cols]
+                block = buffers[name][:n, bx : bx + cols]
                 arr[y0 : y0 + n, x0 : x0 + cols] = encode(block, self.encodings[name], name)
             self.chunks_written += 1
         if self._pool is None:

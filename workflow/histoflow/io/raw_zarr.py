@@ -394,17 +394,27 @@ def open_raw(path: str | Path) -> RawZarr:
 
 
 class BatchReader:
-    """Head outputs of each grid row in batches of at most `batch` patches. With
-    `prefetch`, the next batch (possibly of the next row) is decoded in a background
+    """Head outputs of each grid row (`rows`, default all of raw's) in batches of at most
+    `batch` patches, cut at raw.zarr's chunk edges so no batch decodes a chunk twice.
+    With `prefetch`, the next batch (possibly of the next row) is decoded in a background
     thread while the current one is merged; at most one batch is read ahead."""
 
-    def __init__(self, raw: RawZarr, batch: int, prefetch: bool = False):
+    def __init__(
+        self,
+        raw: RawZarr,
+        batch: int,
+        prefetch: bool = False,
+        rows: list[PatchRow] | None = None,
+    ):
         self.raw = raw
-        self.ranges = [
-            (a, min(a + batch, row.stop))
-            for row in raw.rows
-            for a in range(row.start, row.stop, batch)
-        ]
+        chunk = min((int(a.chunks[0]) for a in raw.heads.values()), default=batch) or batch
+        self.ranges = []
+        for row in raw.rows if rows is None else rows:
+            a = row.start
+            while a < row.stop:
+                b = min(row.stop, a + batch, (a // chunk + 1) * chunk)
+                self.ranges.append((a, b))
+                a = b
         self.index = {a: k for k, (a, _) in enumerate(self.ranges)}
         self.batch = batch
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="raw-reader") if prefetch else None
@@ -419,8 +429,11 @@ class BatchReader:
 
     def row(self, row: PatchRow) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """(first patch index, head outputs) of each batch of the grid row `row`."""
-        for a in range(row.start, row.stop, self.batch):
-            yield a, self._get(self.index[a])
+        a = row.start
+        while a < row.stop:
+            k = self.index[a]
+            yield a, self._get(k)
+            a = self.ranges[k][1]
 
     def close(self) -> None:
         """Stop the read-ahead thread and drop what it read."""

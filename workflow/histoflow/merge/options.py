@@ -9,14 +9,15 @@ from histoflow.errors import ConfigError
 from histoflow.io.maps_zarr import COMPRESSIONS, ENCODINGS
 
 # Tuning knobs that are not configuration (tests and benchmarks vary them): patches
-# read from raw.zarr per batch, and columns per block of a spilled accumulator.
+# read from raw.zarr per batch, columns per block of a spilled accumulator, and columns
+# of a merge window (rounded down to whole maps.zarr chunks).
 READ_BATCH = 64
 SPILL_BLOCK_COLS = 2048
 
 
 @dataclass(frozen=True)
 class MergeOptions:
-    """Options of merge_patches: the `merge` section plus the two tuning knobs."""
+    """Options of merge_patches: the `merge` section plus the tuning knobs."""
 
     memory_percent: float
     memory_cap_mb: float | None
@@ -25,6 +26,7 @@ class MergeOptions:
     encoding: str
     read_batch: int = READ_BATCH
     spill_block_cols: int = SPILL_BLOCK_COLS
+    window_cols: int | None = None  # None: from resources.WINDOW_BYTES
 
     @classmethod
     def from_config(cls, options: dict | None = None, **tuning: int) -> MergeOptions:

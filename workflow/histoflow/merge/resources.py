@@ -19,12 +19,32 @@ FALLBACK_THREADS = 1
 BACKGROUND_WRITE_BYTES = 8 * MB  # below this, a writer thread costs more than it saves
 
 
-def band_bytes(attrs: dict, band_rows: int | None = None) -> dict[str, int]:
-    """Bytes of the merge's working set for a slide width (independent of height)."""
-    width = int(attrs["shape"][1])
+# Canvases and chunk buffers of one column window: the merge walks the slide in
+# windows this many bytes wide (whole maps.zarr chunks), so its memory stops growing
+# with the slide's width once the slide is wider than one window.
+WINDOW_BYTES = 256 * MB
+
+
+def _geometry(attrs: dict, band_rows: int | None) -> tuple[int, int, int, int]:
     h, w = (int(v) for v in attrs["patch_output"])
     channels = sum(int(head["channels"]) for head in attrs["heads"])
     rows = int(band_rows or attrs.get("stride", [h])[0] or h)
+    return h, w, channels, rows
+
+
+def window_columns(attrs: dict, band_rows: int | None = None, buffer_sets: int = 2) -> int:
+    """Columns of a merge window whose two band canvases and `buffer_sets` sets of chunk
+    buffers fit WINDOW_BYTES (before rounding down to whole chunks, at least one)."""
+    h, _, channels, rows = _geometry(attrs, band_rows)
+    per_column = 2 * h * (4 * channels + 2) + buffer_sets * rows * 4 * (channels + 1)
+    return max(1, WINDOW_BYTES // per_column)
+
+
+def band_bytes(attrs: dict, band_rows: int | None = None) -> dict[str, int]:
+    """Bytes of the merge's working set, for one column window (so independent of the
+    slide's height, and of its width beyond one window)."""
+    width = min(int(attrs["shape"][1]), window_columns(attrs, band_rows))
+    h, w, channels, rows = _geometry(attrs, band_rows)
     per_px = 4 * channels + 2
     return {
         # band being summed + live rows of the previous band

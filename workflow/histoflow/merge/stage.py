@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
 import zarr
+from tqdm import tqdm
 
 from histoflow.inference.grid import covered_pixels
 from histoflow.io.atomic import atomic_output
-from histoflow.io.maps_zarr import MapsZarrWriter, blosc_threads, bytes_per_pixel, store_encodings
+from histoflow.io.maps_zarr import (
+    MapsZarrWriter,
+    blosc_threads,
+    bytes_per_pixel,
+    chunk_columns,
+    store_encodings,
+)
 from histoflow.io.raw_zarr import BatchReader, RawZarr, open_raw
 from histoflow.io.space import require_free_space
 from histoflow.merge.memory import MB, MemoryPolicy, SpillCache
 from histoflow.merge.options import MergeOptions
+from histoflow.merge.resources import window_columns
 from histoflow.merge.stitch import (
     Merger,
     MergeStats,
     check_coverage_fits,
+    column_windows,
     default_band_rows,
     max_overlap,
 )
@@ -65,15 +75,43 @@ def _log_end(stats: MergeStats) -> None:
 DOUBLE_BUFFER_MAX_BYTES = 256 * MB
 
 
-def writer_buffer_bytes(raw: RawZarr, band_rows: int) -> int:
-    """Bytes of one set of the writer's float32 chunk buffers (heads and coverage)."""
-    return band_rows * raw.shape[1] * (sum(raw.channels.values()) + 1) * 4
+def writer_buffer_bytes(raw: RawZarr, band_rows: int, width: int | None = None) -> int:
+    """Bytes of one set of the writer's float32 chunk buffers (heads and coverage) over
+    `width` columns (the slide's by default)."""
+    width = raw.shape[1] if width is None else width
+    return band_rows * width * (sum(raw.channels.values()) + 1) * 4
+
+
+def merge_windows(raw: RawZarr, options: MergeOptions, band_rows: int, threads: int):
+    """Column windows of the merge (whole chunks) and whether the writer double-buffers."""
+    width = raw.shape[1]
+    sets = 2 if threads >= 2 else 1
+    cols = options.window_cols or window_columns(raw.attrs, band_rows, sets)
+    windows = column_windows(width, chunk_columns(width), cols)
+    widest = max(x1 - x0 for x0, x1 in windows)
+    double = sets == 2 and writer_buffer_bytes(raw, band_rows, widest) <= DOUBLE_BUFFER_MAX_BYTES
+    return windows, double
+
+
+def _progress_bar(raw: RawZarr, progress: bool):
+    boxes = raw.clipped_boxes()
+    valid = (boxes[:, 0] < boxes[:, 2]) & (boxes[:, 1] < boxes[:, 3])
+    return tqdm(
+        total=int(valid.sum()),
+        unit="patch",
+        desc="merge",
+        file=sys.stderr,
+        disable=not progress,
+        mininterval=5.0,
+        ascii=True,
+    )
 
 
 def _merge_into(
     tmp: Path, raw: RawZarr, options: MergeOptions, stats, policy, cache, threads, progress
 ):
-    double = threads >= 2 and writer_buffer_bytes(raw, stats.band_rows) <= DOUBLE_BUFFER_MAX_BYTES
+    windows, double = merge_windows(raw, options, stats.band_rows, threads)
+    stats.windows = len(windows)
     writer = MapsZarrWriter(
         tmp,
         raw.shape,
@@ -85,14 +123,21 @@ def _merge_into(
         background=double,
         encodings=maps_encodings(raw, options.encoding),
     )
-    # With 2+ threads, decoding the next raw batch and encoding the last output chunk
-    # overlap with the accumulation.
-    reader = BatchReader(raw, options.read_batch, prefetch=threads >= 2)
+    bar = _progress_bar(raw, progress)
     try:
-        Merger(raw, reader, writer, policy, cache, options, stats).run(progress)
+        for window in windows:
+            writer.set_columns(*window)
+            merger = Merger(raw, writer, policy, cache, options, stats, window)
+            # With 2+ threads, decoding the next raw batch and encoding the last output
+            # chunk overlap with the accumulation.
+            reader = BatchReader(raw, options.read_batch, threads >= 2, merger.rows)
+            try:
+                merger.run(reader, bar)
+            finally:
+                reader.close()
         writer.close()
     finally:
-        reader.close()
+        bar.close()
         writer.abort()
     stats.chunks_written = writer.chunks_written
 

@@ -9,11 +9,9 @@ Peak memory is two bands plus one output chunk band, whatever the slide height.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm import tqdm
 
 from histoflow.inference.grid import max_overlap as grid_max_overlap
 from histoflow.io.maps_zarr import COVERAGE, MapsZarrWriter
@@ -39,6 +37,7 @@ class MergeStats:
     max_canvas_width: int = 0
     chunks_written: int = 0
     band_rows: int = 0
+    windows: int = 0
     seconds: float = 0.0
     canvases: list[Region] = field(default_factory=list, repr=False)
 
@@ -77,12 +76,11 @@ def check_coverage_fits(raw: RawZarr) -> None:
         )
 
 
-def _row_tops(raw: RawZarr, boxes: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def _row_tops(rows: list[PatchRow], boxes: np.ndarray, valid: np.ndarray, height: int):
     """For each grid row, the first slide row that it or any later grid row touches:
     rows above it are final before that grid row is merged."""
-    height = raw.shape[0]
-    tops = np.full(len(raw.rows), height, dtype=np.int64)
-    for g, row in enumerate(raw.rows):
+    tops = np.full(len(rows), height, dtype=np.int64)
+    for g, row in enumerate(rows):
         ok = valid[row.start : row.stop]
         if ok.any():
             tops[g] = boxes[row.start : row.stop][ok, 1].min()
@@ -98,28 +96,59 @@ def _span(boxes: np.ndarray) -> Region:
     )
 
 
+def column_windows(width: int, cols: int, window_cols: int) -> list[tuple[int, int]]:
+    """Columns [x0, x1) of each window: `window_cols` rounded down to whole chunks of
+    `cols` columns (at least one chunk), the last window up to the map's edge."""
+    step = max(cols, window_cols // cols * cols)
+    return [(x0, min(width, x0 + step)) for x0 in range(0, width, step)]
+
+
+def _window_rows(rows: list[PatchRow], valid: np.ndarray) -> list[PatchRow]:
+    """Each grid row cut down to the range of its patches that are `valid` (possibly
+    empty): patches are in row-major order, so those of a column window are contiguous."""
+    out = []
+    for row in rows:
+        idx = np.flatnonzero(valid[row.start : row.stop])
+        if len(idx):
+            out.append(PatchRow(row.row, row.start + int(idx[0]), row.start + int(idx[-1]) + 1))
+        else:
+            out.append(PatchRow(row.row, row.start, row.start))
+    return out
+
+
 class Merger:
-    """Merges the grid rows of `raw` into `writer`, one band canvas per grid row."""
+    """Merges the grid rows of `raw` into `writer`, one band canvas per grid row, over
+    the columns [x0, x1) of `window` (the whole width by default).
+
+    Patches are clipped to the window, so every pixel of it sees the same additions in
+    the same order as in a merge of the whole width: windows change what is held at a
+    time (canvases and chunk buffers as wide as the window), not a byte of the output.
+    """
 
     def __init__(
         self,
         raw: RawZarr,
-        reader: BatchReader,
         writer: MapsZarrWriter,
         policy: MemoryPolicy,
         cache: SpillCache,
         options: MergeOptions,
         stats: MergeStats,
+        window: tuple[int, int] | None = None,
     ):
         self.raw = raw
-        self.reader = reader
         self.writer = writer
         self.policy = policy
         self.cache = cache
         self.options = options
         self.stats = stats
+        x0, x1 = window or (0, raw.shape[1])
         self.boxes = raw.clipped_boxes()
+        # A patch is counted (stats, progress) in the window where it starts.
+        self.counted = (self.boxes[:, 0] >= x0) | (x0 == 0)
+        self.boxes[:, [0, 2]] = np.clip(self.boxes[:, [0, 2]], x0, x1)
         self.valid = (self.boxes[:, 0] < self.boxes[:, 2]) & (self.boxes[:, 1] < self.boxes[:, 3])
+        self.counted &= self.valid
+        self.rows = _window_rows(raw.rows, self.valid)
         # The band that still has live rows (the previous grid row's, overlap included).
         self.carry: Canvas | None = None
 
@@ -173,27 +202,19 @@ class Merger:
                         np.divide(s[ys, xs], divisor[..., None], out=views[name])
                 views[COVERAGE][...] = c
 
-    def run(self, progress: bool) -> None:
-        """Merge every grid row, then write what is left."""
-        limits = _row_tops(self.raw, self.boxes, self.valid)
-        bar = tqdm(
-            total=len(self.raw),
-            unit="patch",
-            desc="merge",
-            file=sys.stderr,
-            disable=not progress,
-            mininterval=5.0,
-            ascii=True,
-        )
+    def run(self, reader: BatchReader, bar) -> None:
+        """Merge every grid row of the window (read with `reader`, made over
+        `self.rows`), then write what is left."""
+        limits = _row_tops(self.rows, self.boxes, self.valid, self.raw.shape[0])
         try:
-            for g, row in enumerate(self.raw.rows):
-                self._merge_row(row, int(limits[g]), bar)
+            for g, row in enumerate(self.rows):
+                self._merge_row(reader, row, int(limits[g]), bar)
             if self.carry is not None:
                 self.flush(self.carry, self.raw.shape[0])
         finally:
             if self.carry is not None:
                 self.carry.close()
-            bar.close()
+                self.carry = None
 
     def _drop_finished_carry(self, limit: int) -> None:
         if self.carry is None:
@@ -203,11 +224,10 @@ class Merger:
             self.carry.close()
             self.carry = None
 
-    def _merge_row(self, row: PatchRow, limit: int, bar) -> None:
+    def _merge_row(self, reader: BatchReader, row: PatchRow, limit: int, bar) -> None:
         self._drop_finished_carry(limit)
         keep = np.flatnonzero(self.valid[row.start : row.stop]) + row.start
         if not len(keep):
-            bar.update(row.stop - row.start)
             return
         region = _span(self.boxes[keep])
         carry = self.carry
@@ -215,7 +235,7 @@ class Merger:
             region = region.union(carry.extent())
         band = self.new_canvas(region)
         try:
-            self.add_row(band, row, bar)
+            self.add_row(band, reader, row, bar)
             if carry is not None:
                 band.add_canvas(carry)
         except BaseException:
@@ -225,10 +245,10 @@ class Merger:
             carry.close()
         self.carry = band
 
-    def add_row(self, band: Canvas, row: PatchRow, bar) -> None:
+    def add_row(self, band: Canvas, reader: BatchReader, row: PatchRow, bar) -> None:
         """Add the valid patches of grid row `row` to `band`."""
         raw, boxes = self.raw, self.boxes
-        for start, batch in self.reader.row(row):
+        for start, batch in reader.row(row):
             n = len(next(iter(batch.values())))
             for i in range(start, start + n):
                 if not self.valid[i]:
@@ -240,5 +260,6 @@ class Merger:
                 # on the fly) equals adding a float32 copy, without the copy.
                 values = {name: arr[i - start, ys, xs] for name, arr in batch.items()}
                 band.add_patch(Region(y0, y1, x0, x1), values)
-                self.stats.patches += 1
-            bar.update(n)
+            counted = int(self.counted[start : start + n].sum())
+            self.stats.patches += counted
+            bar.update(counted)
