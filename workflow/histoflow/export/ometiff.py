@@ -47,8 +47,9 @@ PROBABILITY_ACTIVATIONS = ("sigmoid", "softmax")
 # chunk width, so a glass chunk is one uniform window.
 POOL_COLUMNS = 1024
 # Bytes of tiles tifffile collects before compressing them on its threads (its default,
-# 512 MB, held that many tiles, and through them their bands, in memory).
-ENCODER_BUFFER = 32 * 2**20
+# 512 MB, held that many tiles, and through them their bands, in memory); about one
+# full-size band of one channel.
+ENCODER_BUFFER = 16 * 2**20
 HEATMAP_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "histoflow:heatmap")
 
 
@@ -279,8 +280,9 @@ def _channel_bands(arr, index: int, band: int):
             pending.append(np.asarray(arr[read : read + step, :, index]))
             read += pending[-1].shape[0]
         block = pending[0] if len(pending) == 1 else np.concatenate(pending)
-        yield y0, block[: y1 - y0]
-        pending = [block[y1 - y0 :]] if read > y1 else []
+        # copies: the band's tiles, queued in the encoder, keep only the band alive
+        yield y0, block if block.shape[0] == y1 - y0 else block[: y1 - y0].copy()
+        pending = [block[y1 - y0 :].copy()] if read > y1 else []
 
 
 def _uniform(window: np.ndarray) -> bool:
