@@ -14,7 +14,14 @@ import pytest
 import tifffile
 import zarr
 from histoflow.export import ExportError, dense, ometiff
-from histoflow.io.maps_zarr import MapsZarrError
+from histoflow.io.maps_zarr import (
+    COVERAGE,
+    MapsZarrError,
+    MapsZarrWriter,
+    open_maps,
+    store_encodings,
+)
+from histoflow.merge.canvas import Region
 
 H, W = 300, 420
 
@@ -225,3 +232,78 @@ def test_released_spill_rows_leave_memory_and_keep_their_values(tmp_path):
     release_rows(spill, 0, 4096)
     assert grown > 48 and rss_mb() - before < grown / 4  # 64 MB written, most released
     assert np.array_equal(np.unique(spill[::256, ::1000]), np.arange(1, 17))
+
+
+def test_pool2_sum_and_integer_downsample_match_the_float_mean():
+    # The export pools level 0 in column windows and deeper uint8 levels in integers;
+    # the file's bytes stay those of numpy's float mean over each 2x2 block.
+    rng = np.random.default_rng(7)
+    steps = np.arange(256, dtype=np.float32) * np.float32(1 / 255)
+    for shape in [(2, 3), (3, 5), (5, 4), (64, 1023), (1, 7), (256, 4097)]:
+        for values in (steps[rng.integers(0, 256, shape)], rng.random(shape, np.float32)):
+            want = ometiff.pool2(values)
+            got = ometiff.pool2_sum(values)
+            assert got.dtype == want.dtype == np.float32
+            np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+        pixels = rng.integers(0, 256, shape).astype(np.uint8)
+        want = np.rint(ometiff.pool2(pixels.astype(np.float32))).astype(np.uint8)
+        np.testing.assert_array_equal(ometiff.downsample(pixels), want)
+    # every 2x2 sum, halves among them (rounded to even)
+    sums = np.arange(1021)
+    block = np.zeros((2, 2 * sums.size), np.uint8)
+    block[0, 0::2] = np.minimum(sums, 255)
+    block[0, 1::2] = np.clip(sums - 255, 0, 255)
+    block[1, 0::2] = np.clip(sums - 510, 0, 255)
+    block[1, 1::2] = np.clip(sums - 765, 0, 255)
+    np.testing.assert_array_equal(ometiff.downsample(block)[0], np.rint(sums / 4))
+
+
+def _compact_maps(path, height, width, band_rows):
+    # uint8 heads as merge writes them: a glass block never written, a uniform block
+    heads = [
+        {"name": "np", "channels": 2, "activation": "softmax"},
+        {"name": "tp", "channels": 3, "activation": "softmax"},
+    ]
+    encodings = store_encodings(heads, "compact", 4)
+    attrs = {
+        "sample": "S1",
+        "model": {"heads": heads},
+        "mpp": 0.5,
+        "slide_mpp": 0.5,
+        "scale": 1.0,
+        "shape": [height, width],
+        "heads": heads,
+    }
+    rng = np.random.default_rng(3)
+    writer = MapsZarrWriter(
+        path, (height, width), {"np": 2, "tp": 3}, band_rows, attrs, encodings=encodings
+    )
+    values = {}
+    for part, buffers in writer.segments(Region(0, height, 0, width)):
+        for head in heads:
+            v = rng.random((part.y1 - part.y0, width, head["channels"]), np.float32) ** 2
+            v /= v.sum(axis=-1, keepdims=True)
+            v[:, 1024:1500] = 1 / head["channels"]
+            buffers[head["name"]][...] = v
+        buffers[COVERAGE][...] = 1
+        buffers[COVERAGE][:, :1024] = 0  # left chunks are glass: not written
+    writer.close()
+    maps = open_maps(path)
+    for head in heads:
+        values[head["name"]] = maps.read_rows([head["name"]], 0, height)[head["name"]]
+    return path, values
+
+
+def test_ometiff_of_uint8_maps_is_their_encoding(tmp_path):
+    # Level 0 is the stored uint8 pixels, level 1 the rounded means of the decoded
+    # values (not of the pixels), whatever the glass and uniform windows.
+    maps, values = _compact_maps(tmp_path / "maps.zarr", 203, 2050, 50)
+    out = tmp_path / "c.ome.tif"
+    ometiff.export_ometiff(maps, out, "S1", ometiff.HeatmapOptions.from_config({"tile": 64}))
+    level0 = np.concatenate([np.moveaxis(values[h], -1, 0) for h in ("np", "tp")])
+    with tifffile.TiffFile(out) as tif:
+        levels = tif.series[0].levels
+        np.testing.assert_array_equal(levels[0].asarray(), ometiff.encode(level0, "uint8"))
+        want = np.stack([ometiff.encode(ometiff.pool2(c), "uint8") for c in level0])
+        np.testing.assert_array_equal(levels[1].asarray(), want)
+        assert (levels[0].asarray()[:, :, :1024] == 0).all()

@@ -8,10 +8,14 @@ MapAnnotation. Probability heads are stored as uint8 (0-255 for 0-1) by default.
 Written band by band. TIFF wants level 0 of every channel, then level 1 of every
 channel, and so on; level 0 streams from maps.zarr (one pass per channel), and each
 level's 2x2 mean, already in the output encoding (uint8: 1 byte per pixel), is spilled
-to a temporary .npy memmap (in `tmpdir`) that feeds the next level. Memory holds a few
-row bands whatever the slide size; the spill takes about a third of a level-0 channel
-per channel on disk. tifffile writes no DateTime tag unless asked and the OME UUID is
-derived from the sample, so reruns give identical bytes.
+to a temporary .npy memmap (in `tmpdir`) that feeds the next level. Level 0 is read
+one channel of one band at a time in its stored type (uint8 heads go through 256-entry
+tables, not float bands of every channel) and pooled in column windows; tifffile's
+encoder holds a fixed number of tiles. Memory is then a few one-channel uint8 bands
+plus fixed buffers: flat in the slide's height and nearly so in its width. The spill
+takes about a third of a level-0 channel per channel on disk. tifffile writes no
+DateTime tag unless asked and the OME UUID is derived from the sample, so reruns give
+identical bytes.
 """
 
 from __future__ import annotations
@@ -39,6 +43,13 @@ from histoflow.io.space import MB, DiskSpaceError, free_bytes, require_free_spac
 log = logging.getLogger(__name__)
 
 PROBABILITY_ACTIVATIONS = ("sigmoid", "softmax")
+# Level-0 columns pooled at a time (even: windows start on a 2x2 block); maps.zarr's
+# chunk width, so a glass chunk is one uniform window.
+POOL_COLUMNS = 1024
+# Bytes of tiles tifffile collects before compressing them on its threads (its default,
+# 512 MB, held that many tiles, and through them their bands, in memory); about one
+# full-size band of one channel.
+ENCODER_BUFFER = 16 * 2**20
 HEATMAP_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "histoflow:heatmap")
 
 
@@ -124,10 +135,36 @@ def encode(values: np.ndarray, dtype: str) -> np.ndarray:
     return values
 
 
+def pool2_sum(values: np.ndarray) -> np.ndarray:
+    """`pool2` of float32 values bit for bit, as (a + b) + (c + d) over each 2x2 block
+    (numpy's order for that mean, checked for maps at least 3 columns wide: the bytes of
+    the file must not depend on how a band is cut into column windows), divided by 4
+    (exact). Narrower maps go through `pool2` itself."""
+    h, w = values.shape
+    if h % 2 or w % 2:
+        values = np.pad(values, ((0, h % 2), (0, w % 2)), mode="edge")
+    total = values[0::2, 0::2] + values[0::2, 1::2]
+    total += values[1::2, 0::2] + values[1::2, 1::2]
+    total /= np.float32(4)
+    return total
+
+
 def downsample(encoded: np.ndarray) -> np.ndarray:
-    """Next pyramid level from already encoded pixels (uint8: rounded mean)."""
-    pooled = pool2(encoded.astype(np.float32))
-    return np.rint(pooled).astype(np.uint8) if encoded.dtype == np.uint8 else pooled
+    """Next pyramid level from already encoded pixels (uint8: the mean rounded half to
+    even, as np.rint of the float mean, in integers)."""
+    if encoded.dtype != np.uint8:
+        return pool2(encoded)
+    h, w = encoded.shape
+    if h % 2 or w % 2:
+        encoded = np.pad(encoded, ((0, h % 2), (0, w % 2)), mode="edge")
+    total = encoded[0::2, 0::2].astype(np.uint16)
+    total += encoded[0::2, 1::2]
+    total += encoded[1::2, 0::2]
+    total += encoded[1::2, 1::2]
+    rest = total & 3
+    total >>= 2  # floor of the mean; up at .75, and at .5 to the even neighbour
+    total += (rest == 3) | ((rest == 2) & (total & 1 == 1))
+    return total.astype(np.uint8)
 
 
 def _ome_color(rgb: tuple[int, int, int]) -> int:
@@ -203,6 +240,68 @@ def release_rows(array: np.ndarray, y0: int, y1: int) -> None:
         raw.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
 
+@dataclass(frozen=True)
+class _Uint8Tables:
+    """A uint8-stored head: its 256 decoded values and their output pixels (each what
+    decode then encode gives it), so level 0 of a band is a look-up, or the stored band
+    itself where the table is the identity (uint8 probabilities, scale 1/255)."""
+
+    values: np.ndarray
+    table: np.ndarray
+    identity: bool
+    unit: bool
+
+    def pixels(self, stored: np.ndarray) -> np.ndarray:
+        """Level-0 pixels of stored ones."""
+        return stored if self.identity else self.table[stored]
+
+    def uniform_mean(self, step: int):
+        """The pooled pixel of a window whose stored pixels all equal `step` (each of its
+        2x2 means is then this one, `pool2_sum` being the same sums everywhere)."""
+        return self.encode_mean(pool2_sum(np.full((2, 2), self.values[step])))[0, 0]
+
+    def encode_mean(self, mean: np.ndarray) -> np.ndarray:
+        """`encode` of 2x2 means of the values; values in [0, 1] need neither its NaN
+        nor its clip step (1 + 1 ulp times 255 still rounds to 255)."""
+        if self.unit:
+            return np.rint(mean * np.float32(255.0)).astype(np.uint8)
+        return encode(mean, self.table.dtype.name)
+
+
+def _channel_bands(arr, index: int, band: int):
+    """(y0, rows [y0, y0 + band) of channel `index`) of a (H, W, C) zarr array, as stored:
+    one channel, not float32 of every channel of the head, read one chunk row at a time,
+    so that each chunk is decoded once, not once per band it straddles."""
+    height, step = arr.shape[0], int(arr.chunks[0])
+    pending, read = [], 0
+    for y0 in range(0, height, band):
+        y1 = min(y0 + band, height)
+        while read < y1:
+            pending.append(np.asarray(arr[read : read + step, :, index]))
+            read += pending[-1].shape[0]
+        block = pending[0] if len(pending) == 1 else np.concatenate(pending)
+        # copies: the band's tiles, queued in the encoder, keep only the band alive
+        yield y0, block if block.shape[0] == y1 - y0 else block[: y1 - y0].copy()
+        pending = [block[y1 - y0 :].copy()] if read > y1 else []
+
+
+def _uniform(window: np.ndarray) -> bool:
+    """Whether every stored pixel of the window is the same (glass, unwritten chunks)."""
+    return window.size > 0 and window.min() == window.max()
+
+
+def _uint8_tables(maps, head: str, dtype: str) -> _Uint8Tables | None:
+    """The look-up tables of `head` if it is stored as uint8 (None: decode a band)."""
+    if maps.array(head).dtype != np.uint8:
+        return None
+    steps = np.arange(256, dtype=np.uint8)
+    values = np.asarray(maps.decode(head, steps), dtype=np.float32)
+    table = encode(values, dtype)
+    identity = table.dtype == np.uint8 and bool(np.array_equal(table, steps))
+    unit = dtype == "uint8" and values.min() >= 0 and values.max() * np.float32(255) < 255.5
+    return _Uint8Tables(values, table, identity, bool(unit))
+
+
 class _Pyramid:
     """The tiles of every level in TIFF order; each level's pixels spill to .npy
     memmaps under `spill_dir`, from which the next level is pooled."""
@@ -227,11 +326,45 @@ class _Pyramid:
 
     def _level0_bands(self, i: int, pool: bool):
         ch = self.channels[i]
-        for y0, block in self.maps.bands(ch.head, rows=self.band):
-            values = np.asarray(block[..., ch.index], dtype=np.float32)
-            # level 1 pools the map values, not the rounded pixels
-            pooled = encode(pool2(values), self.dtype) if pool else None
-            yield y0, encode(values, self.dtype), pooled
+        arr = self.maps.array(ch.head)
+        tables = _uint8_tables(self.maps, ch.head, self.dtype)
+        for y0, stored in _channel_bands(arr, ch.index, self.band):
+            pixels = self._pixels(ch.head, stored) if tables is None else tables.pixels(stored)
+            yield y0, pixels, self._pooled(ch.head, stored, tables) if pool else None
+
+    def _windows(self):
+        """Column windows of level 0 (one for a map at most 2 wide: see `pool2_sum`)."""
+        width = self.shapes[0][1]
+        step = POOL_COLUMNS if width > 2 else width
+        return [slice(x0, min(x0 + step, width)) for x0 in range(0, width, step)]
+
+    def _values(self, head: str, stored: np.ndarray) -> np.ndarray:
+        """Map values (float32) of stored pixels."""
+        return np.asarray(self.maps.decode(head, stored), dtype=np.float32)
+
+    def _pixels(self, head: str, stored: np.ndarray) -> np.ndarray:
+        """Level-0 pixels of a head that is not stored as uint8, window by window."""
+        pixels = np.empty(stored.shape, self.dtype)
+        for cols in self._windows():
+            pixels[:, cols] = encode(self._values(head, stored[:, cols]), self.dtype)
+        return pixels
+
+    def _pooled(self, head: str, stored: np.ndarray, tables) -> np.ndarray:
+        """Level-1 pixels of a level-0 band: 2x2 means of the map values (not of the
+        rounded pixels), window by window; a uniform window of a uint8 head (glass,
+        unwritten chunks) is filled without computing its means."""
+        wide = self.shapes[0][1] > 2
+        pooled = np.empty((-(-stored.shape[0] // 2), -(-stored.shape[1] // 2)), self.dtype)
+        for cols in self._windows():
+            window = stored[:, cols]
+            half = slice(cols.start // 2, -(-cols.stop // 2))
+            if tables is not None and wide and _uniform(window):
+                pooled[:, half] = tables.uniform_mean(int(window[0, 0]))
+                continue
+            values = self._values(head, window)
+            mean = pool2_sum(values) if wide else pool2(values)
+            pooled[:, half] = tables.encode_mean(mean) if tables else encode(mean, self.dtype)
+        return pooled
 
     def _spilled_bands(self, level: int, i: int, pool: bool):
         spill = self.spills[level][i]
@@ -358,6 +491,7 @@ def export_ometiff(
                 subfiletype=1 if level else 0,
                 metadata=metadata if level == 0 else None,
                 maxworkers=max(1, threads),
+                buffersize=ENCODER_BUFFER,
             )
         pyramid.close()
     log.info(
